@@ -1,0 +1,31 @@
+//! The hook ABI shared with Dylibso's Observe SDK.
+
+/// Import module of the hooks that [`instrument`](crate::instrument) adds.
+pub const HOOK_MODULE: &str = "dylibso:observe/instrument";
+/// Called first thing in every instrumented function, with its id.
+pub const ENTER: &str = "enter";
+/// Called on every way out of an instrumented function, with its id.
+pub const EXIT: &str = "exit";
+/// Called before each `memory.grow`, with the delta in pages.
+pub const MEMORY_GROW: &str = "memory-grow";
+
+/// Import module used by older Observe SDK instrumenters.
+pub const LEGACY_HOOK_MODULE: &str = "dylibso_observe";
+/// Legacy name of [`ENTER`].
+pub const LEGACY_ENTER: &str = "instrument_enter";
+/// Legacy name of [`EXIT`].
+pub const LEGACY_EXIT: &str = "instrument_exit";
+/// Legacy name of [`MEMORY_GROW`].
+pub const LEGACY_MEMORY_GROW: &str = "instrument_memory_grow";
+
+/// Custom section that marks a module rewritten by this crate.
+pub const MARKER_SECTION: &str = "iota.instrumented";
+
+/// The hooks in import order; their indices follow the module's own imported functions.
+pub(crate) const HOOKS: [&str; 3] = [ENTER, EXIT, MEMORY_GROW];
+
+/// Whether `module`/`name` is an enter or exit hook under either naming scheme.
+pub fn is_trace_hook(module: &str, name: &str) -> bool {
+    (module == HOOK_MODULE && (name == ENTER || name == EXIT))
+        || (module == LEGACY_HOOK_MODULE && (name == LEGACY_ENTER || name == LEGACY_EXIT))
+}

@@ -1,0 +1,128 @@
+//! Errors that say which input failed, why, and where.
+
+use std::fmt;
+
+/// An instrumentation failure: what went wrong and, where known, the byte offset and function.
+///
+/// Boxed so that a `Result<_, Error>` stays one word wide.
+#[derive(Debug)]
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    kind: ErrorKind,
+    offset: Option<u64>,
+    function: Option<u32>,
+}
+
+/// The reason an [`Error`] happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The input is not a valid WebAssembly module.
+    Invalid(String),
+    /// The input is a WebAssembly component, not a core module.
+    Component,
+    /// The input already reports to the enter/exit hooks.
+    AlreadyInstrumented,
+    /// An include or exclude pattern is not a valid glob.
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The output module could not be encoded.
+    Encode(String),
+}
+
+impl Error {
+    #[cold]
+    pub(crate) fn new(kind: ErrorKind) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                offset: None,
+                function: None,
+            }),
+        }
+    }
+
+    #[cold]
+    pub(crate) fn at(mut self, offset: u64) -> Self {
+        self.inner.offset = Some(offset);
+        self
+    }
+
+    #[cold]
+    pub(crate) fn in_function(mut self, index: u32) -> Self {
+        self.inner.function = Some(index);
+        self
+    }
+
+    /// Why the instrumentation failed.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.inner.kind
+    }
+
+    /// Byte offset in the input where the problem was found, if known.
+    pub fn offset(&self) -> Option<u64> {
+        self.inner.offset
+    }
+
+    /// Index (in the input module) of the function being rewritten, if any.
+    pub fn function(&self) -> Option<u32> {
+        self.inner.function
+    }
+}
+
+impl From<wasmparser::BinaryReaderError> for Error {
+    #[cold]
+    fn from(err: wasmparser::BinaryReaderError) -> Self {
+        Error::new(ErrorKind::Invalid(err.message().to_string())).at(err.offset())
+    }
+}
+
+impl From<wasm_encoder::reencode::Error<Error>> for Error {
+    #[cold]
+    fn from(err: wasm_encoder::reencode::Error<Error>) -> Self {
+        use wasm_encoder::reencode::Error as E;
+        match err {
+            E::UserError(err) => err,
+            E::ParseError(err) => err.into(),
+            other => Error::new(ErrorKind::Encode(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner.kind {
+            ErrorKind::Invalid(msg) => write!(f, "invalid WebAssembly: {msg}")?,
+            ErrorKind::Component => f.write_str(
+                "input is a WebAssembly component; only core modules can be instrumented",
+            )?,
+            ErrorKind::AlreadyInstrumented => {
+                f.write_str("module is already instrumented (it imports the enter/exit hooks)")?
+            }
+            ErrorKind::Pattern { pattern, reason } => {
+                write!(f, "invalid function pattern `{pattern}`: {reason}")?
+            }
+            ErrorKind::Encode(msg) => write!(f, "cannot encode the instrumented module: {msg}")?,
+        }
+        if let Some(function) = self.inner.function {
+            write!(f, " (in function {function})")?;
+        }
+        if let Some(offset) = self.inner.offset {
+            write!(f, " (at offset {offset:#x})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,122 @@
+//! What to instrument and how.
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// What to do with a module that already reports to the enter/exit hooks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IfInstrumented {
+    /// Fail with [`ErrorKind::AlreadyInstrumented`]. The default.
+    #[default]
+    Fail,
+    /// Return the module unchanged, with its function map.
+    PassThrough,
+}
+
+/// Settings for [`instrument`](crate::instrument).
+///
+/// The defaults instrument every defined function, drop `.debug_*` sections
+/// (their code offsets would be stale) and refuse an already instrumented module.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    include: Vec<String>,
+    exclude: Vec<String>,
+    keep_debug: bool,
+    if_instrumented: IfInstrumented,
+}
+
+impl Options {
+    /// Options with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Instrument only functions whose name matches this glob (demangled or raw name).
+    ///
+    /// May be given several times; with none, every function is included.
+    pub fn include(&mut self, pattern: impl Into<String>) -> &mut Self {
+        self.include.push(pattern.into());
+        self
+    }
+
+    /// Leave functions whose name matches this glob uninstrumented. Exclusion wins over inclusion.
+    pub fn exclude(&mut self, pattern: impl Into<String>) -> &mut Self {
+        self.exclude.push(pattern.into());
+        self
+    }
+
+    /// Keep `.debug_*` and `sourceMappingURL` sections (default: dropped, since code offsets move).
+    pub fn keep_debug(&mut self, keep: bool) -> &mut Self {
+        self.keep_debug = keep;
+        self
+    }
+
+    /// What to do with an already instrumented module (default: [`IfInstrumented::Fail`]).
+    pub fn if_instrumented(&mut self, policy: IfInstrumented) -> &mut Self {
+        self.if_instrumented = policy;
+        self
+    }
+
+    pub(crate) fn keeps_debug(&self) -> bool {
+        self.keep_debug
+    }
+
+    pub(crate) fn instrumented_policy(&self) -> IfInstrumented {
+        self.if_instrumented
+    }
+
+    pub(crate) fn selector(&self) -> Result<Selector> {
+        Ok(Selector {
+            include: build_set(&self.include)?,
+            exclude: build_set(&self.exclude)?,
+        })
+    }
+}
+
+/// Compiled include/exclude patterns.
+pub(crate) struct Selector {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Selector {
+    /// Whether a function with these names is instrumented.
+    pub(crate) fn selects(&self, names: &[&str]) -> bool {
+        let included = match &self.include {
+            None => true,
+            Some(set) => names.iter().any(|n| set.is_match(n)),
+        };
+        let excluded = match &self.exclude {
+            None => false,
+            Some(set) => names.iter().any(|n| set.is_match(n)),
+        };
+        included && !excluded
+    }
+
+    pub(crate) fn selects_all(&self) -> bool {
+        self.include.is_none() && self.exclude.is_none()
+    }
+}
+
+fn build_set(patterns: &[String]) -> Result<Option<GlobSet>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = Glob::new(pattern).map_err(|e| {
+            Error::new(ErrorKind::Pattern {
+                pattern: pattern.clone(),
+                reason: e.kind().to_string(),
+            })
+        })?;
+        builder.add(glob);
+    }
+    builder.build().map(Some).map_err(|e| {
+        Error::new(ErrorKind::Pattern {
+            pattern: patterns.join(", "),
+            reason: e.to_string(),
+        })
+    })
+}

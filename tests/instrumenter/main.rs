@@ -1,0 +1,9 @@
+//! Conformance of the instrumenter: the WebAssembly spec suite, the fixtures run
+//! side by side instrumented and not, generated modules, and the CLI.
+
+mod fixtures;
+mod hooks;
+mod real;
+mod smith;
+mod spec;
+mod wasi;
