@@ -1,0 +1,287 @@
+//! The hot path: what the `enter`/`exit`/`memory-grow` hooks do during a run.
+//!
+//! Each hook appends one 16-byte event to a vector: no lock, no name lookup, no wall-clock
+//! read. Near `max_events` the log stops taking new calls but always keeps the exits of the
+//! calls it logged, so it stays a consistent tree; a shadow stack keeps exact per-function
+//! aggregates (calls, total, self and max time) for the whole run either way.
+//! A guest may call the hooks itself: ids are bounded by the module's function count and the
+//! shadow stack by a fixed depth, so memory stays bounded whatever it does.
+
+use std::time::Instant;
+
+/// Frames deeper than this are not tracked (wasm stacks overflow long before).
+const MAX_DEPTH: usize = 1 << 20;
+
+/// What a hook reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EventKind {
+    /// A function was entered.
+    Enter,
+    /// A function returned, by any way out.
+    Exit,
+    /// `memory.grow` is about to run; `id` holds the delta in pages.
+    MemoryGrow,
+}
+
+/// One hook call, timed in nanoseconds since the run started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// Nanoseconds since the start of the run.
+    pub at: u64,
+    /// Function id (for `MemoryGrow`: pages).
+    pub id: u32,
+    /// Which hook.
+    pub kind: EventKind,
+}
+
+/// Exact per-function totals over a whole run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Aggregate {
+    /// Completed calls.
+    pub calls: u64,
+    /// Time inside the function, callees included, in nanoseconds.
+    pub total_ns: u64,
+    /// Time inside the function itself, callees excluded.
+    pub self_ns: u64,
+    /// Longest single call.
+    pub max_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    id: u32,
+    start: u64,
+    children_ns: u64,
+    /// Its enter is in the log, so its exit must be too.
+    logged: bool,
+}
+
+/// The event log and aggregates of one run.
+#[derive(Debug)]
+pub struct Recorder {
+    origin: Instant,
+    events: Vec<Event>,
+    max_events: usize,
+    dropped_events: u64,
+    stack: Vec<Frame>,
+    /// Open frames whose exits the log has room reserved for.
+    logged_open: usize,
+    aggregates: Vec<Aggregate>,
+    ignored_calls: u64,
+}
+
+impl Recorder {
+    /// A recorder for a module whose function ids are below `functions`.
+    pub fn new(functions: usize, max_events: usize) -> Self {
+        Recorder {
+            origin: Instant::now(),
+            events: Vec::with_capacity(max_events.min(1 << 16)),
+            max_events,
+            dropped_events: 0,
+            stack: Vec::with_capacity(256),
+            logged_open: 0,
+            aggregates: vec![Aggregate::default(); functions],
+            ignored_calls: 0,
+        }
+    }
+
+    /// Restarts the clock: events are timed from now.
+    pub fn start(&mut self) {
+        self.origin = Instant::now();
+    }
+
+    /// Nanoseconds since [`start`](Self::start).
+    #[inline]
+    pub fn now(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// Whether one more event fits beside the exits reserved for logged open frames.
+    #[inline]
+    fn has_room(&self) -> bool {
+        self.events.len() + self.logged_open < self.max_events
+    }
+
+    /// The `enter(id)` hook.
+    #[inline]
+    pub fn enter(&mut self, id: u32) {
+        if id as usize >= self.aggregates.len() || self.stack.len() >= MAX_DEPTH {
+            self.ignored_calls += 1;
+            return;
+        }
+        let at = self.now();
+        // An enter needs room for itself and its exit.
+        let logged = self.events.len() + self.logged_open + 2 <= self.max_events;
+        if logged {
+            self.events.push(Event {
+                at,
+                id,
+                kind: EventKind::Enter,
+            });
+            self.logged_open += 1;
+        } else {
+            self.dropped_events += 1;
+        }
+        self.stack.push(Frame {
+            id,
+            start: at,
+            children_ns: 0,
+            logged,
+        });
+    }
+
+    /// The `exit(id)` hook. An id that is not the innermost open frame closes the frames above
+    /// its innermost match (an exception or a guest's own calls skipped their exits); an id
+    /// with no open frame is ignored.
+    #[inline]
+    pub fn exit(&mut self, id: u32) {
+        let Some(depth) = self.stack.iter().rposition(|f| f.id == id) else {
+            self.ignored_calls += 1;
+            return;
+        };
+        let at = self.now();
+        let logged = self.stack[depth].logged;
+        while self.stack.len() > depth {
+            self.close_top(at);
+        }
+        if logged {
+            self.events.push(Event {
+                at,
+                id,
+                kind: EventKind::Exit,
+            });
+        } else {
+            self.dropped_events += 1;
+        }
+    }
+
+    /// The `memory-grow(pages)` hook.
+    #[inline]
+    pub fn memory_grow(&mut self, pages: u32) {
+        let at = self.now();
+        if self.has_room() {
+            self.events.push(Event {
+                at,
+                id: pages,
+                kind: EventKind::MemoryGrow,
+            });
+        } else {
+            self.dropped_events += 1;
+        }
+    }
+
+    fn close_top(&mut self, at: u64) {
+        let Some(frame) = self.stack.pop() else {
+            return;
+        };
+        self.logged_open -= usize::from(frame.logged);
+        let total = at.saturating_sub(frame.start);
+        let aggregate = &mut self.aggregates[frame.id as usize];
+        aggregate.calls += 1;
+        aggregate.total_ns += total;
+        aggregate.self_ns += total.saturating_sub(frame.children_ns);
+        aggregate.max_ns = aggregate.max_ns.max(total);
+        if let Some(parent) = self.stack.last_mut() {
+            parent.children_ns += total;
+        }
+    }
+
+    /// Ends the run at `at`: frames still open (trap, timeout, `proc_exit`) are closed there and
+    /// counted in the aggregates. Returns how many were open.
+    pub fn finish(&mut self, at: u64) -> usize {
+        let open = self.stack.len();
+        while !self.stack.is_empty() {
+            self.close_top(at);
+        }
+        open
+    }
+
+    /// The event log, in order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Events not logged because the log was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events
+    }
+
+    /// Hook calls ignored: unknown ids, exits with no open frame, or too deep.
+    pub fn ignored_calls(&self) -> u64 {
+        self.ignored_calls
+    }
+
+    /// Per-function aggregates, indexed by function id.
+    pub fn aggregates(&self) -> &[Aggregate] {
+        &self.aggregates
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(r: &Recorder) -> Vec<(EventKind, u32)> {
+        r.events().iter().map(|e| (e.kind, e.id)).collect()
+    }
+
+    #[test]
+    fn aggregates_stay_exact_past_the_event_cap() {
+        let mut r = Recorder::new(4, 4);
+        r.enter(1);
+        for _ in 0..10 {
+            r.enter(2);
+            r.exit(2);
+        }
+        r.exit(1);
+        // The log keeps enter(1), one enter/exit pair of 2 and the reserved exit(1).
+        assert_eq!(
+            ids(&r),
+            [
+                (EventKind::Enter, 1),
+                (EventKind::Enter, 2),
+                (EventKind::Exit, 2),
+                (EventKind::Exit, 1)
+            ]
+        );
+        assert_eq!(r.dropped_events(), 18);
+        assert_eq!(r.aggregates()[2].calls, 10);
+        assert_eq!(r.aggregates()[1].calls, 1);
+        let a1 = r.aggregates()[1];
+        assert_eq!(a1.self_ns + r.aggregates()[2].total_ns, a1.total_ns);
+    }
+
+    #[test]
+    fn mismatched_exit_unwinds_to_its_frame_and_unknown_ids_are_ignored() {
+        let mut r = Recorder::new(4, 100);
+        r.enter(1);
+        r.enter(2);
+        r.enter(3);
+        r.exit(1); // 3 and 2 never exited (an exception passed through uninstrumented code)
+        assert_eq!(r.aggregates()[3].calls, 1);
+        assert_eq!(r.aggregates()[2].calls, 1);
+        r.exit(1); // nothing open: ignored
+        r.enter(99); // not a function of this module
+        assert_eq!(r.ignored_calls(), 2);
+        assert_eq!(
+            ids(&r),
+            [
+                (EventKind::Enter, 1),
+                (EventKind::Enter, 2),
+                (EventKind::Enter, 3),
+                (EventKind::Exit, 1)
+            ]
+        );
+        assert_eq!(r.finish(0), 0);
+    }
+
+    #[test]
+    fn finish_closes_open_frames() {
+        let mut r = Recorder::new(2, 100);
+        r.enter(0);
+        r.enter(1);
+        assert_eq!(r.finish(r.now()), 2);
+        assert_eq!(r.aggregates()[0].calls, 1);
+    }
+}

@@ -1,0 +1,6 @@
+//! The server end to end: the real `iota serve` binary on loopback, driven over HTTP.
+
+mod errors;
+mod harness;
+mod runs;
+mod store;
