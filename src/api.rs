@@ -448,7 +448,7 @@ async fn get_trace(
         .get(trace_id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no recent trace `{id}`")))?;
     Ok(Json(
-        json!({ "trace_id": id, "module": trace.module, "spans": trace.spans_json() }),
+        json!({ "trace_id": id, "module": trace.module, "spans": trace.spans_json(), "functions": trace.functions }),
     ))
 }
 

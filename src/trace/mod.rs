@@ -58,6 +58,25 @@ pub struct TraceRecord {
     pub spans: Vec<SpanRecord>,
     /// Whether the caller's span context came from `traceparent`.
     pub remote_parent: bool,
+    /// Exact per-function totals of the run, most total time first.
+    pub functions: Vec<FunctionStats>,
+}
+
+/// One function's exact totals over a run, whatever spans were kept.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionStats {
+    /// Hook id.
+    pub id: u32,
+    /// Demangled name.
+    pub name: String,
+    /// Completed calls (calls cut short by a trap included).
+    pub calls: u64,
+    /// Time inside, callees included.
+    pub total_ns: u64,
+    /// Time inside, callees excluded.
+    pub self_ns: u64,
+    /// Longest call.
+    pub max_ns: u64,
 }
 
 /// How a run ended, as the trace tells it.
@@ -153,7 +172,8 @@ pub fn build_trace(facts: &RunFacts<'_>, recorder: &Recorder) -> TraceRecord {
         KeyValue::new("iota.events.dropped", recorder.dropped_events() as i64),
         KeyValue::new("iota.hook_calls.ignored", recorder.ignored_calls() as i64),
     ];
-    run_attributes.extend(aggregate_attributes(recorder, facts.names));
+    let functions = function_stats(recorder, facts.names);
+    run_attributes.extend(aggregate_attributes(&functions));
     let mut run_events: Vec<SpanEventRecord> = outside_grows
         .iter()
         .map(|&(ns, pages)| memory_grow_event(at(ns), pages))
@@ -226,6 +246,7 @@ pub fn build_trace(facts: &RunFacts<'_>, recorder: &Recorder) -> TraceRecord {
         module: facts.module.to_string(),
         spans,
         remote_parent: facts.remote_parent.is_some(),
+        functions,
     }
 }
 
@@ -244,32 +265,44 @@ fn memory_grow_event(time: SystemTime, pages: u32) -> SpanEventRecord {
     }
 }
 
-/// The ten functions with the most total time, as `iota.function.<rank>.*` attributes.
-fn aggregate_attributes(recorder: &Recorder, names: &[Option<String>]) -> Vec<KeyValue> {
-    let mut by_total: Vec<(usize, &recorder::Aggregate)> = recorder
+/// Every called function's totals, most total time first.
+fn function_stats(recorder: &Recorder, names: &[Option<String>]) -> Vec<FunctionStats> {
+    let mut stats: Vec<FunctionStats> = recorder
         .aggregates()
         .iter()
         .enumerate()
         .filter(|(_, a)| a.calls > 0)
+        .map(|(id, a)| FunctionStats {
+            id: id as u32,
+            name: function_name(names, id as u32),
+            calls: a.calls,
+            total_ns: a.total_ns,
+            self_ns: a.self_ns,
+            max_ns: a.max_ns,
+        })
         .collect();
-    by_total.sort_by_key(|(id, a)| (std::cmp::Reverse(a.total_ns), *id));
+    stats.sort_by_key(|f| (std::cmp::Reverse(f.total_ns), f.id));
+    stats
+}
+
+/// The ten functions with the most self time, as `iota.function.<rank>.*` attributes.
+fn aggregate_attributes(functions: &[FunctionStats]) -> Vec<KeyValue> {
+    let mut by_self: Vec<&FunctionStats> = functions.iter().collect();
+    by_self.sort_by_key(|f| (std::cmp::Reverse(f.self_ns), f.id));
     let mut attributes = vec![KeyValue::new(
         "iota.functions.called",
-        by_total.len() as i64,
+        functions.len() as i64,
     )];
-    for (rank, (id, a)) in by_total.iter().take(10).enumerate() {
+    for (rank, f) in by_self.iter().take(10).enumerate() {
         let prefix = format!("iota.function.{rank}");
-        attributes.push(KeyValue::new(
-            format!("{prefix}.name"),
-            function_name(names, *id as u32),
-        ));
-        attributes.push(KeyValue::new(format!("{prefix}.calls"), a.calls as i64));
+        attributes.push(KeyValue::new(format!("{prefix}.name"), f.name.clone()));
+        attributes.push(KeyValue::new(format!("{prefix}.calls"), f.calls as i64));
         attributes.push(KeyValue::new(
             format!("{prefix}.total_ns"),
-            a.total_ns as i64,
+            f.total_ns as i64,
         ));
-        attributes.push(KeyValue::new(format!("{prefix}.self_ns"), a.self_ns as i64));
-        attributes.push(KeyValue::new(format!("{prefix}.max_ns"), a.max_ns as i64));
+        attributes.push(KeyValue::new(format!("{prefix}.self_ns"), f.self_ns as i64));
+        attributes.push(KeyValue::new(format!("{prefix}.max_ns"), f.max_ns as i64));
     }
     attributes
 }

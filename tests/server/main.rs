@@ -2,5 +2,6 @@
 
 mod errors;
 mod harness;
+mod otlp;
 mod runs;
 mod store;

@@ -42,7 +42,8 @@ fn recursive_calls_become_nested_spans_with_exact_counts() {
         .unwrap()
         .to_string();
     assert_eq!(response.text().unwrap(), "144\n");
-    let spans = Spans::of(&server.trace(&trace_id));
+    let trace = server.trace(&trace_id);
+    let spans = Spans::of(&trace);
     spans.assert_nested();
     let fib: Vec<_> = spans
         .0
@@ -61,17 +62,19 @@ fn recursive_calls_become_nested_spans_with_exact_counts() {
         fib.iter()
             .any(|s| ids.contains(s["parent_span_id"].as_str().unwrap()))
     );
-    // Exact aggregates on the run span.
-    let run = &spans.0[1]["attributes"];
-    let top = (0..10)
-        .find(|i| {
-            run[format!("iota.function.{i}.name")]
-                .as_str()
-                .unwrap_or("")
-                .contains("fib::fib")
-        })
+    // Exact aggregates, in the trace and (top ten by self time) on the run span.
+    let functions = trace["functions"].as_array().unwrap();
+    let fib_stats = functions
+        .iter()
+        .find(|f| f["name"].as_str().unwrap().contains("fib::fib"))
         .unwrap();
-    assert_eq!(run[format!("iota.function.{top}.calls")], 465);
+    assert_eq!(fib_stats["calls"], 465);
+    assert!(fib_stats["self_ns"].as_u64().unwrap() <= fib_stats["total_ns"].as_u64().unwrap());
+    let run = &spans.0[1]["attributes"];
+    assert_eq!(
+        run["iota.functions.called"].as_u64().unwrap() as usize,
+        functions.len()
+    );
 }
 
 #[test]

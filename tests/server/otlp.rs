@@ -1,0 +1,303 @@
+//! OTLP export to a real receiver: the `rotel` collector agent (PyPI) on loopback, over
+//! HTTP/protobuf and gRPC. `scripts/install-rotel.sh` installs it; the tests run when
+//! `ROTEL_AGENT` names its binary (`scripts/test` does both).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, data_dir, fixture};
+
+/// A rotel agent printing every span it receives.
+struct Receiver {
+    child: Child,
+    grpc: String,
+    http: String,
+    output: Arc<Mutex<String>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let agent = std::env::var("ROTEL_AGENT").expect("ROTEL_AGENT names the rotel-agent binary");
+        let (grpc, http) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let mut child = Command::new(agent)
+            .args([
+                "start",
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "traces",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
+            .args(["--otlp-grpc-endpoint", &grpc, "--otlp-http-endpoint", &http])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("rotel-agent starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let sink = output.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut out = sink.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+        let receiver = Receiver {
+            child,
+            grpc,
+            http,
+            output,
+        };
+        receiver.wait_for(|out| out.contains("Starting Rotel"), "rotel to start");
+        receiver
+    }
+
+    fn wait_for(&self, done: impl Fn(&str) -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if done(&self.output.lock().unwrap()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out waiting for {what}; rotel printed:\n{}",
+            self.output.lock().unwrap()
+        );
+    }
+
+    /// The spans of `trace_id` that rotel printed.
+    fn spans(&self, trace_id: &str) -> Vec<ReceivedSpan> {
+        parse_spans(&self.output.lock().unwrap())
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct ReceivedSpan {
+    trace_id: String,
+    parent_id: String,
+    id: String,
+    name: String,
+    kind: String,
+    start: u128,
+    end: u128,
+    status: String,
+    attributes: HashMap<String, String>,
+}
+
+/// Parses rotel's detailed debug log: blocks starting `Span #N`.
+fn parse_spans(output: &str) -> Vec<ReceivedSpan> {
+    let mut spans = Vec::new();
+    let mut current: Option<ReceivedSpan> = None;
+    let mut in_attributes = false;
+    for line in output.lines() {
+        if line.starts_with("Span #") {
+            spans.extend(current.take());
+            current = Some(ReceivedSpan::default());
+            in_attributes = false;
+            continue;
+        }
+        let Some(span) = current.as_mut() else {
+            continue;
+        };
+        let trimmed = line.trim();
+        if line.starts_with("ResourceSpans") || line.starts_with("ScopeSpans") {
+            spans.extend(current.take());
+            continue;
+        }
+        if let Some((key, value)) = trimmed.split_once(':') {
+            let value = value.trim();
+            match key.trim() {
+                "Trace ID" => span.trace_id = value.into(),
+                "Parent ID" => span.parent_id = value.into(),
+                "ID" => span.id = value.into(),
+                "Name" => span.name = value.into(),
+                "Kind" => span.kind = value.into(),
+                "Start time" => span.start = value.parse().unwrap_or(0),
+                "End time" => span.end = value.parse().unwrap_or(0),
+                "Status code" => span.status = value.into(),
+                "Attributes" => in_attributes = true,
+                "Events" => in_attributes = false,
+                _ if in_attributes && trimmed.starts_with("->") => {
+                    let (k, v) = trimmed
+                        .trim_start_matches("->")
+                        .split_once(": ")
+                        .unwrap_or(("", ""));
+                    span.attributes.insert(k.trim().to_string(), v.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    spans.extend(current);
+    spans
+}
+
+fn exports_nested_function_spans(protocol: &str) {
+    let receiver = Receiver::start();
+    let endpoint = match protocol {
+        "grpc" => format!("http://{}", receiver.grpc),
+        _ => format!("http://{}", receiver.http),
+    };
+    let server = Server::start(
+        &data_dir(&format!("otlp-{}", protocol.replace('/', "-"))),
+        &["--otlp-endpoint", &endpoint, "--otlp-protocol", protocol],
+        &[("OTEL_SERVICE_NAME", "iota-otlp-test")],
+    );
+    server.upload_ok("fib", &fixture("fib.wasm"));
+    let response = server.run("name=fib", "10");
+    assert_eq!(response.status(), 200);
+    let trace_id = response.headers()["x-iota-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let expected = server.trace(&trace_id)["spans"].as_array().unwrap().len();
+
+    receiver.wait_for(
+        |out| {
+            parse_spans(out)
+                .iter()
+                .filter(|s| s.trace_id == trace_id)
+                .count()
+                >= expected
+        },
+        "all spans",
+    );
+    let spans = receiver.spans(&trace_id);
+    assert_eq!(spans.len(), expected);
+    assert!(
+        receiver
+            .output
+            .lock()
+            .unwrap()
+            .contains("service.name: Str(iota-otlp-test)")
+    );
+
+    let by_id: HashMap<&str, &ReceivedSpan> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
+    let roots: Vec<_> = spans.iter().filter(|s| s.parent_id.is_empty()).collect();
+    assert_eq!(roots.len(), 1, "one root span");
+    assert_eq!(roots[0].name, "POST /run");
+    assert_eq!(roots[0].kind, "SPAN_KIND_SERVER");
+    let run = spans
+        .iter()
+        .find(|s| s.name == "run fib")
+        .expect("run span");
+    assert_eq!(run.parent_id, roots[0].id);
+    for span in &spans {
+        assert!(span.start <= span.end, "{span:?}");
+        if span.parent_id.is_empty() {
+            continue;
+        }
+        let parent = by_id
+            .get(span.parent_id.as_str())
+            .unwrap_or_else(|| panic!("parent of {} missing", span.name));
+        assert!(
+            parent.start <= span.start && span.end <= parent.end,
+            "{} outside {}",
+            span.name,
+            parent.name
+        );
+    }
+    let fib: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.contains("fib::fib"))
+        .collect();
+    assert_eq!(fib.len(), 177, "fib(10) makes 177 calls");
+    assert!(
+        fib.iter()
+            .all(|s| s.attributes["code.function.name"].contains("fib::fib"))
+    );
+    assert!(
+        fib.iter()
+            .all(|s| s.attributes["wasm.function.index"].starts_with("Int("))
+    );
+    assert!(
+        fib.iter()
+            .any(|s| by_id[s.parent_id.as_str()].name.contains("fib::fib")),
+        "recursion nests"
+    );
+
+    // Shutdown flushes: a run just before SIGTERM still reaches the collector.
+    let response = server.run("name=fib", "3");
+    let last = response.headers()["x-iota-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    server.stop();
+    receiver.wait_for(|out| out.contains(&last), "the last trace after shutdown");
+}
+
+#[test]
+#[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
+fn otlp_http_export_reaches_a_real_collector() {
+    exports_nested_function_spans("http/protobuf");
+}
+
+#[test]
+#[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
+fn otlp_grpc_export_reaches_a_real_collector() {
+    exports_nested_function_spans("grpc");
+}
+
+#[test]
+fn collector_down_never_fails_a_run() {
+    let port = free_port(); // nothing listens here
+    let server = Server::start(
+        &data_dir("otlp-down"),
+        &["--otlp-endpoint", &format!("http://127.0.0.1:{port}")],
+        &[],
+    );
+    server.upload_ok("count_vowels", &fixture("count_vowels.wasm"));
+    for _ in 0..5 {
+        let response = server.run("name=count_vowels", "Hello, world!");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().unwrap(), "3\n");
+    }
+    let metrics = server.get("/metrics").text().unwrap();
+    assert!(metrics.contains("iota_runs_total 5"), "{metrics}");
+    // The failed exports are counted, off the request path.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = server.get("/metrics").text().unwrap();
+        let failed: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("iota_otlp_failed_spans_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if failed > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failed exports never counted: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
