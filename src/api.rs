@@ -454,49 +454,42 @@ async fn get_trace(
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let c = &state.counters;
-    let mut text = String::new();
-    let mut metric = |name: &str, help: &str, value: u64| {
-        text.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
-    };
-    metric(
-        "iota_runs_total",
-        "Runs completed.",
-        c.runs.load(Ordering::Relaxed),
-    );
-    metric(
-        "iota_run_failures_total",
-        "Runs that trapped, timed out or exited non-zero.",
-        c.run_failures.load(Ordering::Relaxed),
-    );
-    metric(
-        "iota_uploads_total",
-        "Modules stored.",
-        c.uploads.load(Ordering::Relaxed),
-    );
-    metric(
-        "iota_spans_total",
-        "Spans produced.",
-        c.spans.load(Ordering::Relaxed),
-    );
+    let mut counters: Vec<(&str, &str, &AtomicU64)> = vec![
+        ("iota_runs_total", "Runs completed.", &c.runs),
+        (
+            "iota_run_failures_total",
+            "Runs that trapped, timed out or exited non-zero.",
+            &c.run_failures,
+        ),
+        ("iota_uploads_total", "Modules stored.", &c.uploads),
+        ("iota_spans_total", "Spans produced.", &c.spans),
+    ];
     if let Some(exporter) = &state.exporter {
         let s = exporter.stats();
-        metric(
-            "iota_otlp_exported_spans_total",
-            "Spans the collector accepted.",
-            s.exported_spans.load(Ordering::Relaxed),
-        );
-        metric(
-            "iota_otlp_failed_spans_total",
-            "Spans in failed exports.",
-            s.failed_spans.load(Ordering::Relaxed),
-        );
-        metric(
-            "iota_otlp_dropped_traces_total",
-            "Traces dropped on a full export queue.",
-            s.dropped_traces.load(Ordering::Relaxed),
-        );
+        counters.extend([
+            (
+                "iota_otlp_exported_spans_total",
+                "Spans the collector accepted.",
+                &s.exported_spans,
+            ),
+            (
+                "iota_otlp_failed_spans_total",
+                "Spans in failed exports.",
+                &s.failed_spans,
+            ),
+            (
+                "iota_otlp_dropped_traces_total",
+                "Traces dropped on a full export queue.",
+                &s.dropped_traces,
+            ),
+        ]);
     }
+    let text: String = counters
+        .iter()
+        .map(|(name, help, value)| {
+            let value = value.load(Ordering::Relaxed);
+            format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n")
+        })
+        .collect();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -12,7 +12,7 @@ use iota::trace::export::Exporter;
 use iota::trace::recent::RecentTraces;
 use iota::{ServeConfig, config::OtlpProtocol};
 use tokio::sync::Semaphore;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
 /// Function-level tracing for WebAssembly, at the host/guest boundary.
 #[derive(Parser, Debug)]
@@ -91,7 +91,11 @@ fn serve(config: ServeConfig) -> Result<()> {
             .with_context(|| format!("binding {}", config.addr))?;
         let addr = listener.local_addr()?;
         println!("iota listening on http://{addr} ({modules} modules loaded)");
-        let router = app(state.clone()).layer(TraceLayer::new_for_http());
+        let router = app(state.clone()).layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        );
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown_signal())
             .await?;

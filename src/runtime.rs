@@ -230,7 +230,8 @@ fn ending(result: wasmtime::Result<()>) -> Ending {
         .unwrap_or_default();
     let message = match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
-        None => format!("{error:#}"),
+        // Host errors (the memory limit, a WASI failure) carry the backtrace as context.
+        None => error.root_cause().to_string(),
     };
     Ending::Trap { message, backtrace }
 }

@@ -2,8 +2,10 @@
 //! side by side instrumented and not, generated modules, and the CLI.
 
 mod fixtures;
+#[path = "../common/hooks.rs"]
 mod hooks;
 mod real;
 mod smith;
 mod spec;
+#[path = "../common/wasi.rs"]
 mod wasi;

@@ -1,6 +1,6 @@
 //! Every bad input gets a clear error and the right status; the server keeps serving.
 
-use crate::harness::{Server, data_dir, error_of, fixture};
+use crate::harness::{Server, data_dir, error_of, fixture, trace_id_of};
 
 #[test]
 fn bad_requests_get_specific_errors() {
@@ -111,10 +111,7 @@ fn uninstrumented_and_preinstrumented_modules_run() {
         .unwrap();
     assert_eq!(info["tracing"], "none");
     let response = server.run("name=plain", "aei");
-    let trace_id = response.headers()["x-iota-trace-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let trace_id = trace_id_of(&response);
     assert_eq!(response.text().unwrap(), "3\n");
     assert_eq!(
         server.trace(&trace_id)["spans"].as_array().unwrap().len(),
@@ -128,10 +125,7 @@ fn uninstrumented_and_preinstrumented_modules_run() {
     let info = server.upload_ok("pre", &pre);
     assert_eq!(info["tracing"], "preinstrumented");
     let response = server.run("name=pre", "aei");
-    let trace_id = response.headers()["x-iota-trace-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let trace_id = trace_id_of(&response);
     assert!(
         server.trace(&trace_id)["spans"]
             .as_array()

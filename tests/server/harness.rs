@@ -190,6 +190,14 @@ impl Server {
     }
 }
 
+/// The `x-iota-trace-id` of a run's response.
+pub fn trace_id_of(response: &Response) -> String {
+    response.headers()["x-iota-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 /// The JSON error body of a failed request, with its status.
 pub fn error_of(response: Response) -> (u16, String) {
     let status = response.status().as_u16();

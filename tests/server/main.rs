@@ -1,7 +1,16 @@
 //! The server end to end: the real `iota serve` binary on loopback, driven over HTTP.
 
 mod errors;
+// Shared with the instrumenter tests; the server tests use only part of them.
 mod harness;
+#[allow(dead_code)]
+#[path = "../common/hooks.rs"]
+mod hooks;
+mod limits;
 mod otlp;
+mod real;
 mod runs;
 mod store;
+#[allow(dead_code)]
+#[path = "../common/wasi.rs"]
+mod wasi;

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, data_dir, fixture};
+use crate::harness::{Server, data_dir, fixture, trace_id_of};
 
 /// A rotel agent printing every span it receives.
 struct Receiver {
@@ -174,10 +174,7 @@ fn exports_nested_function_spans(protocol: &str) {
     server.upload_ok("fib", &fixture("fib.wasm"));
     let response = server.run("name=fib", "10");
     assert_eq!(response.status(), 200);
-    let trace_id = response.headers()["x-iota-trace-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let trace_id = trace_id_of(&response);
     let expected = server.trace(&trace_id)["spans"].as_array().unwrap().len();
 
     receiver.wait_for(
@@ -246,10 +243,7 @@ fn exports_nested_function_spans(protocol: &str) {
 
     // Shutdown flushes: a run just before SIGTERM still reaches the collector.
     let response = server.run("name=fib", "3");
-    let last = response.headers()["x-iota-trace-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let last = trace_id_of(&response);
     server.stop();
     receiver.wait_for(|out| out.contains(&last), "the last trace after shutdown");
 }

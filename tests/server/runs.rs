@@ -1,6 +1,6 @@
 //! Running modules: output, exit codes, traces and their nesting, trace context.
 
-use crate::harness::{Server, Spans, data_dir, error_of, fixture};
+use crate::harness::{Server, Spans, data_dir, error_of, fixture, trace_id_of};
 
 #[test]
 fn count_vowels_runs_and_reports_its_trace() {
@@ -37,10 +37,7 @@ fn recursive_calls_become_nested_spans_with_exact_counts() {
     let server = Server::start(&data_dir("fib"), &[], &[]);
     server.upload_ok("fib", &fixture("fib.wasm"));
     let response = server.run("name=fib", "12");
-    let trace_id = response.headers()["x-iota-trace-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let trace_id = trace_id_of(&response);
     assert_eq!(response.text().unwrap(), "144\n");
     let trace = server.trace(&trace_id);
     let spans = Spans::of(&trace);
@@ -82,10 +79,7 @@ fn span_cap_keeps_the_longest_calls_and_their_ancestors() {
     let server = Server::start(&data_dir("cap"), &["--max-spans", "50"], &[]);
     server.upload_ok("fib", &fixture("fib.wasm"));
     let response = server.run("name=fib", "15");
-    let trace_id = response.headers()["x-iota-trace-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let trace_id = trace_id_of(&response);
     let spans = Spans::of(&server.trace(&trace_id));
     assert_eq!(spans.0.len(), 52, "request + run + 50 function spans");
     spans.assert_nested();
@@ -138,10 +132,7 @@ fn args_stdin_and_exit_codes() {
     let response = server.run("name=exit3", "");
     assert_eq!(response.status(), 422);
     assert_eq!(response.headers()["x-iota-exit-code"], "3");
-    let trace_id = response.headers()["x-iota-trace-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let trace_id = trace_id_of(&response);
     assert_eq!(response.text().unwrap(), "exiting\n");
     let spans = Spans::of(&server.trace(&trace_id));
     assert_eq!(spans.0[0]["error"], "exited with code 3");
@@ -153,10 +144,7 @@ fn trap_returns_500_with_message_and_a_closed_trace() {
     let server = Server::start(&data_dir("trap"), &[], &[]);
     server.upload_ok("trap", &fixture("trap.wasm"));
     let response = server.run("name=trap", "");
-    let trace_id = response.headers()["x-iota-trace-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let trace_id = trace_id_of(&response);
     let body: serde_json::Value = response.json().unwrap();
     assert!(
         body["error"].as_str().unwrap().contains("unreachable"),
@@ -212,10 +200,7 @@ fn memory_growth_is_an_event_of_the_growing_call() {
     let server = Server::start(&data_dir("grow"), &[], &[]);
     server.upload_ok("grow", &fixture("grow.wasm"));
     let response = server.run("name=grow", "");
-    let trace_id = response.headers()["x-iota-trace-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let trace_id = trace_id_of(&response);
     assert_eq!(response.status(), 200);
     let spans = Spans::of(&server.trace(&trace_id));
     let grows: i64 = spans
