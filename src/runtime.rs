@@ -7,8 +7,8 @@ use anyhow::Result;
 use bytes::Bytes;
 use iota_instrument as abi;
 use wasmtime::{
-    Caller, Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder,
-    Trap, WasmBacktrace,
+    Caller, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, WasmBacktrace,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -42,6 +42,8 @@ pub struct RunLimits {
     pub stderr: usize,
     /// Events logged per run.
     pub max_events: usize,
+    /// Runs executing at once (sizes the instance pool).
+    pub concurrency: usize,
 }
 
 impl RunLimits {
@@ -53,6 +55,7 @@ impl RunLimits {
             stdout: config.max_stdout,
             stderr: config.max_stderr,
             max_events: config.max_events,
+            concurrency: config.max_concurrent_runs,
         }
     }
 }
@@ -103,7 +106,17 @@ impl Runtime {
             .wasm_extended_const(true)
             .wasm_wide_arithmetic(true)
             .epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        // Instances come from a pre-reserved pool (fast to create and reset) when the machine
+        // lets us reserve it; otherwise they are allocated on demand.
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&limits)));
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(err) => {
+                tracing::warn!("instance pool unavailable, allocating on demand: {err:#}");
+                config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                Engine::new(&config)?
+            }
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut RunState| &mut s.wasi)?;
         link_hooks(&mut linker)?;
@@ -211,6 +224,25 @@ impl Runtime {
             run_ns,
         }
     }
+}
+
+/// A pool for the runs that may execute at once, with room for modules as large as real ones
+/// get (CPython, yosys): many functions, big tables, a few memories and tables each.
+fn pool(limits: &RunLimits) -> PoolingAllocationConfig {
+    // Instances may outlive their run briefly (drops race new runs): keep slack.
+    let slots = (limits.concurrency as u32)
+        .saturating_mul(2)
+        .saturating_add(8);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(slots)
+        .total_memories(slots.saturating_mul(2))
+        .total_tables(slots.saturating_mul(2))
+        .max_memories_per_module(2)
+        .max_tables_per_module(2)
+        .max_memory_size(limits.memory)
+        .table_elements(1 << 20)
+        .max_core_instance_size(64 << 20);
+    pool
 }
 
 fn ending(result: wasmtime::Result<()>) -> Ending {
