@@ -291,7 +291,7 @@ async fn run(
     let app = state.clone();
     let run_module = module.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let functions = run_module.names.len().max(1 << 16);
+        let functions = run_module.names.len();
         app.runtime.run(
             &run_module.pre,
             &run_module.info.name,

@@ -76,7 +76,7 @@ impl Recorder {
     pub fn new(functions: usize, max_events: usize) -> Self {
         Recorder {
             origin: Instant::now(),
-            events: Vec::with_capacity(max_events.min(1 << 16)),
+            events: Vec::with_capacity(max_events.min(1 << 12)),
             max_events,
             dropped_events: 0,
             stack: Vec::with_capacity(256),
