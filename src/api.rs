@@ -198,17 +198,18 @@ async fn upload_body(request: Request, state: &Arc<AppState>) -> Result<Bytes, A
     let mut multipart = Multipart::from_request(request, &())
         .await
         .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let malformed = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("malformed multipart body: {}", e.body_text()),
+            )
+        }
+    };
     loop {
-        let field = multipart.next_field().await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("malformed multipart body: {}", e.body_text()),
-                )
-            }
-        })?;
+        let field = multipart.next_field().await.map_err(malformed)?;
         let Some(field) = field else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -216,16 +217,7 @@ async fn upload_body(request: Request, state: &Arc<AppState>) -> Result<Bytes, A
             ));
         };
         if field.name() == Some("wasm") {
-            return field.bytes().await.map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large()
-                } else {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("malformed multipart body: {}", e.body_text()),
-                    )
-                }
-            });
+            return field.bytes().await.map_err(malformed);
         }
     }
 }
