@@ -40,6 +40,31 @@ pub struct AppState {
     pub max_run_body: usize,
     /// Counters for `/metrics`.
     pub counters: Counters,
+    /// Bearer token for uploads and deletes, if required.
+    pub upload_token: Option<String>,
+    /// Bearer token for runs, if required.
+    pub run_token: Option<String>,
+}
+
+/// Checks `Authorization: Bearer <token>` against `expected` (if a token is required), in
+/// constant time.
+fn authorize(headers: &HeaderMap, expected: Option<&str>) -> Result<(), ApiError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq::constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token",
+        ))
+    }
 }
 
 /// Request counters.
@@ -95,11 +120,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let challenge = self.status == StatusCode::UNAUTHORIZED;
         let mut body = json!({ "error": self.message });
         if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), self.extra) {
             body.extend(extra);
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
@@ -140,8 +172,9 @@ async fn upload(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // The body is read (within its limit) before anything is refused, so a client still
-    // sending a module always gets the JSON error rather than a reset connection.
+    authorize(request.headers(), state.upload_token.as_deref())?;
+    // The body is read (within its limit) before anything else is refused, so a client still
+    // sending a module gets the JSON error rather than a reset connection.
     let wasm = upload_body(request, &state).await?;
     let pairs = query_pairs(query.as_deref());
     let name = module_name(&pairs)?;
@@ -252,6 +285,7 @@ async fn run(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request_start = SystemTime::now();
+    authorize(&headers, state.run_token.as_deref())?;
     let pairs = query_pairs(query.as_deref());
     let name = module_name(&pairs)?;
     let body = body.map_err(|e| {
@@ -391,7 +425,9 @@ async fn get_module(
 async fn delete_module(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
+    authorize(&headers, state.upload_token.as_deref())?;
     validate_name(&name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     match state.registry.delete(&name) {
         Ok(true) => Ok(StatusCode::NO_CONTENT),

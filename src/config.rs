@@ -74,6 +74,14 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_MAX_SPANS", default_value_t = 10_000)]
     pub max_spans: usize,
 
+    /// Bearer token required by `POST /upload` and `DELETE /modules/{name}` (none: open).
+    #[arg(long, env = "IOTA_UPLOAD_TOKEN", hide_env_values = true)]
+    pub upload_token: Option<String>,
+
+    /// Bearer token required by `POST /run` (none: open).
+    #[arg(long, env = "IOTA_RUN_TOKEN", hide_env_values = true)]
+    pub run_token: Option<String>,
+
     /// Traces kept in memory for GET /traces.
     #[arg(long, env = "IOTA_RECENT_TRACES", default_value_t = 100)]
     pub recent_traces: usize,

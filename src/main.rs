@@ -80,6 +80,8 @@ fn serve(config: ServeConfig) -> Result<()> {
         max_upload: config.max_upload,
         max_run_body: config.max_run_body,
         counters: Counters::default(),
+        upload_token: config.upload_token.clone().filter(|t| !t.is_empty()),
+        run_token: config.run_token.clone().filter(|t| !t.is_empty()),
     });
 
     let tokio = tokio::runtime::Builder::new_multi_thread()

@@ -1,5 +1,6 @@
 //! The server end to end: the real `iota serve` binary on loopback, driven over HTTP.
 
+mod auth;
 mod errors;
 // Shared with the instrumenter tests; the server tests use only part of them.
 mod harness;
