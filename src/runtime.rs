@@ -261,7 +261,13 @@ fn ending(result: wasmtime::Result<()>) -> Ending {
         .map(|bt| bt.to_string())
         .unwrap_or_default();
     let message = match error.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
+        // `Trap`'s text starts with "wasm trap: "; the API already says the guest trapped.
+        Some(trap) => {
+            let text = trap.to_string();
+            text.strip_prefix("wasm trap: ")
+                .unwrap_or(&text)
+                .to_string()
+        }
         // Host errors (the memory limit, a WASI failure) carry the backtrace as context.
         None => error.root_cause().to_string(),
     };

@@ -126,6 +126,12 @@ impl Server {
         response.json().unwrap()
     }
 
+    /// Kills the server outright (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops gracefully (SIGTERM) and waits.
     pub fn stop(mut self) {
         self.terminate();
