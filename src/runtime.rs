@@ -119,7 +119,7 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut RunState| &mut s.wasi)?;
-        link_hooks(&mut linker)?;
+        link_hooks(&mut linker, |s: &mut RunState| &mut s.recorder)?;
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("iota-epoch".into())
@@ -274,7 +274,16 @@ fn ending(result: wasmtime::Result<()>) -> Ending {
     Ending::Trap { message, backtrace }
 }
 
-fn link_hooks(linker: &mut Linker<RunState>) -> Result<()> {
+/// Defines the hooks (current and legacy Observe names) in `linker`, recording into the
+/// [`Recorder`] that `recorder` finds in the store's data.
+///
+/// # Errors
+///
+/// If the names are already defined in `linker`.
+pub fn link_hooks<T: 'static>(
+    linker: &mut Linker<T>,
+    recorder: fn(&mut T) -> &mut Recorder,
+) -> Result<()> {
     for (module, enter, exit, grow) in [
         (abi::HOOK_MODULE, abi::ENTER, abi::EXIT, abi::MEMORY_GROW),
         (
@@ -284,14 +293,14 @@ fn link_hooks(linker: &mut Linker<RunState>) -> Result<()> {
             abi::LEGACY_MEMORY_GROW,
         ),
     ] {
-        linker.func_wrap(module, enter, |mut c: Caller<'_, RunState>, id: i32| {
-            c.data_mut().recorder.enter(id as u32)
+        linker.func_wrap(module, enter, move |mut c: Caller<'_, T>, id: i32| {
+            recorder(c.data_mut()).enter(id as u32)
         })?;
-        linker.func_wrap(module, exit, |mut c: Caller<'_, RunState>, id: i32| {
-            c.data_mut().recorder.exit(id as u32)
+        linker.func_wrap(module, exit, move |mut c: Caller<'_, T>, id: i32| {
+            recorder(c.data_mut()).exit(id as u32)
         })?;
-        linker.func_wrap(module, grow, |mut c: Caller<'_, RunState>, pages: i32| {
-            c.data_mut().recorder.memory_grow(pages as u32)
+        linker.func_wrap(module, grow, move |mut c: Caller<'_, T>, pages: i32| {
+            recorder(c.data_mut()).memory_grow(pages as u32)
         })?;
     }
     Ok(())
