@@ -7,7 +7,14 @@
 //! A guest may call the hooks itself: ids are bounded by the module's function count and the
 //! shadow stack by a fixed depth, so memory stays bounded whatever it does.
 
-use std::time::Instant;
+use std::sync::OnceLock;
+
+/// One calibrated clock for the process: the CPU's time-stamp counter where it is invariant
+/// (a few nanoseconds a read), else the OS monotonic clock.
+fn clock() -> &'static quanta::Clock {
+    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+    CLOCK.get_or_init(quanta::Clock::new)
+}
 
 /// Frames deeper than this are not tracked (wasm stacks overflow long before).
 const MAX_DEPTH: usize = 1 << 20;
@@ -60,7 +67,9 @@ struct Frame {
 /// The event log and aggregates of one run.
 #[derive(Debug)]
 pub struct Recorder {
-    origin: Instant,
+    clock: &'static quanta::Clock,
+    /// Raw clock reading at the start of the run.
+    origin: u64,
     events: Vec<Event>,
     max_events: usize,
     dropped_events: u64,
@@ -74,8 +83,10 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder for a module whose function ids are below `functions`.
     pub fn new(functions: usize, max_events: usize) -> Self {
+        let clock = clock();
         Recorder {
-            origin: Instant::now(),
+            clock,
+            origin: clock.raw(),
             events: Vec::with_capacity(max_events.min(1 << 12)),
             max_events,
             dropped_events: 0,
@@ -88,13 +99,13 @@ impl Recorder {
 
     /// Restarts the clock: events are timed from now.
     pub fn start(&mut self) {
-        self.origin = Instant::now();
+        self.origin = self.clock.raw();
     }
 
     /// Nanoseconds since [`start`](Self::start).
     #[inline]
     pub fn now(&self) -> u64 {
-        self.origin.elapsed().as_nanos() as u64
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
     }
 
     /// Whether one more event fits beside the exits reserved for logged open frames.
