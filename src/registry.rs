@@ -191,10 +191,7 @@ impl Registry {
 
     /// The module compiled for this engine: the stored artifact, or compiled now and stored.
     fn compiled(&self, sha: &str) -> Result<Module> {
-        let path = self
-            .dir
-            .join("compiled")
-            .join(format!("{sha}-{}.cwasm", self.engine_key));
+        let path = self.artifact(sha);
         if path.exists() {
             // SAFETY: the artifact was produced by `Module::serialize` of this server into its own
             // data directory, and its name pins the engine's compatibility hash.
@@ -208,6 +205,13 @@ impl Registry {
         let module = Module::new(self.runtime.engine(), &wasm)?;
         write_atomic(&path, &module.serialize()?)?;
         Ok(module)
+    }
+
+    /// Where the code of module `sha` compiled for this engine is kept.
+    fn artifact(&self, sha: &str) -> PathBuf {
+        self.dir
+            .join("compiled")
+            .join(format!("{sha}-{}.cwasm", self.engine_key))
     }
 
     fn blob(&self, sha: &str, kind: &str) -> PathBuf {
@@ -297,10 +301,7 @@ impl Registry {
             &self.blob(sha, "names.json"),
             &serde_json::to_vec(&by_id).context("names")?,
         )?;
-        let compiled = self
-            .dir
-            .join("compiled")
-            .join(format!("{sha}-{}.cwasm", self.engine_key));
+        let compiled = self.artifact(sha);
         let artifact = module
             .serialize()
             .map_err(|e| anyhow::anyhow!("serializing compiled code: {e:#}"))?;

@@ -1,7 +1,7 @@
 //! wasmtime: one engine for all modules, a linker with WASI and the hooks, a fresh store per run.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -85,6 +85,24 @@ pub struct RunOutcome {
     pub stdout_full: bool,
 }
 
+/// The WebAssembly proposals the server runs: exceptions, tail calls, function references, GC,
+/// multi-memory, memory64, SIMD (relaxed too), extended constants, wide arithmetic.
+pub fn proposals() -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_exceptions(true)
+        .wasm_tail_call(true)
+        .wasm_function_references(true)
+        .wasm_gc(true)
+        .wasm_multi_memory(true)
+        .wasm_memory64(true)
+        .wasm_simd(true)
+        .wasm_relaxed_simd(true)
+        .wasm_extended_const(true)
+        .wasm_wide_arithmetic(true);
+    config
+}
+
 impl Runtime {
     /// Builds the engine (exceptions, tail calls, SIMD, multi-memory, memory64 and GC on; epoch
     /// interruption for timeouts) and starts the epoch ticker.
@@ -93,19 +111,8 @@ impl Runtime {
     ///
     /// If wasmtime rejects the configuration.
     pub fn new(limits: RunLimits) -> Result<Arc<Self>> {
-        let mut config = Config::new();
-        config
-            .wasm_exceptions(true)
-            .wasm_tail_call(true)
-            .wasm_function_references(true)
-            .wasm_gc(true)
-            .wasm_multi_memory(true)
-            .wasm_memory64(true)
-            .wasm_simd(true)
-            .wasm_relaxed_simd(true)
-            .wasm_extended_const(true)
-            .wasm_wide_arithmetic(true)
-            .epoch_interruption(true);
+        let mut config = proposals();
+        config.epoch_interruption(true);
         // Instances come from a pre-reserved pool (fast to create and reset) when the machine
         // lets us reserve it; otherwise they are allocated on demand.
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&limits)));
@@ -202,17 +209,16 @@ impl Runtime {
         store.set_epoch_deadline(ticks);
 
         let started = SystemTime::now();
-        let clock = Instant::now();
         store.data_mut().recorder.start();
         let result = pre
             .instantiate(&mut store)
             .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
             .and_then(|start| start.call(&mut store, ()));
-        let run_ns = clock.elapsed().as_nanos() as u64;
         let ending = ending(result);
-        let mut recorder = std::mem::replace(&mut store.data_mut().recorder, Recorder::new(0, 0));
+        // The run ends on the recorder's clock, so no event can fall after it.
+        let mut recorder = store.into_data().recorder;
+        let run_ns = recorder.now();
         recorder.finish(run_ns);
-        drop(store);
         let stdout = stdout.contents();
         RunOutcome {
             stdout_full: stdout.len() >= self.limits.stdout,

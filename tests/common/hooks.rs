@@ -10,22 +10,14 @@ pub fn engine() -> Engine {
     Engine::new(&config).expect("engine configuration is valid")
 }
 
-/// Every proposal real modules use: exceptions, tail calls, GC, memory64, threads...
-/// (Cranelift in wasmtime 48 cannot run legacy exception handling; that rewrite is validated only.)
+/// The server's proposals, plus those only the instrumenter's tests need: threads with shared
+/// memory, custom page sizes. (Cranelift in wasmtime 48 cannot run legacy exception handling;
+/// that rewrite is validated only.)
 pub fn config() -> Config {
-    let mut config = Config::new();
+    let mut config = iota::runtime::proposals();
     config
-        .wasm_exceptions(true)
-        .wasm_tail_call(true)
-        .wasm_function_references(true)
-        .wasm_gc(true)
-        .wasm_memory64(true)
-        .wasm_multi_memory(true)
         .wasm_threads(true)
         .shared_memory(true)
-        .wasm_relaxed_simd(true)
-        .wasm_extended_const(true)
-        .wasm_wide_arithmetic(true)
         .wasm_custom_page_sizes(true);
     config
 }
@@ -56,37 +48,22 @@ impl HasRecorded for Recorded {
 
 /// Defines the three hooks in `linker`, recording into the store's [`Recorded`].
 pub fn link_hooks<T: HasRecorded + 'static>(linker: &mut Linker<T>) {
-    let module = iota_instrument::HOOK_MODULE;
-    linker
-        .func_wrap(
-            module,
-            iota_instrument::ENTER,
-            |mut c: Caller<'_, T>, id: i32| {
-                c.data_mut().recorded().events.push(Event::Enter(id as u32))
-            },
-        )
-        .unwrap();
-    linker
-        .func_wrap(
-            module,
-            iota_instrument::EXIT,
-            |mut c: Caller<'_, T>, id: i32| {
-                c.data_mut().recorded().events.push(Event::Exit(id as u32))
-            },
-        )
-        .unwrap();
-    linker
-        .func_wrap(
-            module,
-            iota_instrument::MEMORY_GROW,
-            |mut c: Caller<'_, T>, pages: i32| {
-                c.data_mut()
-                    .recorded()
-                    .events
-                    .push(Event::MemoryGrow(pages as u32))
-            },
-        )
-        .unwrap();
+    let hooks = [
+        (iota_instrument::ENTER, Event::Enter as fn(u32) -> Event),
+        (iota_instrument::EXIT, Event::Exit),
+        (iota_instrument::MEMORY_GROW, Event::MemoryGrow),
+    ];
+    for (name, event) in hooks {
+        linker
+            .func_wrap(
+                iota_instrument::HOOK_MODULE,
+                name,
+                move |mut c: Caller<'_, T>, arg: i32| {
+                    c.data_mut().recorded().events.push(event(arg as u32))
+                },
+            )
+            .unwrap();
+    }
 }
 
 /// Checks that `events` nest properly: every exit matches the innermost open enter.

@@ -253,11 +253,7 @@ impl Spans {
 }
 
 fn bounds(span: &serde_json::Value) -> (u128, u128) {
-    let start = span["start_unix_nanos"]
-        .as_u64()
-        .map(u128::from)
-        .or_else(|| span["start_unix_nanos"].as_f64().map(|f| f as u128))
-        .unwrap();
+    let start = u128::from(span["start_unix_nanos"].as_u64().unwrap());
     let duration = span["duration_ns"].as_u64().unwrap() as u128;
     (start, start + duration)
 }
