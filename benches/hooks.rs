@@ -94,7 +94,7 @@ fn traced_call_cost(c: &mut Criterion) {
             group.bench_function(BenchmarkId::from_parameter(variant.name), |b| {
                 b.iter(|| {
                     let mut store =
-                        Store::new(&engine, Recorder::new(variant.functions, 2_000_000));
+                        Store::new(&engine, Recorder::new(variant.functions, 2_000_000, 0));
                     let instance = pre.instantiate(&mut store).unwrap();
                     let run = instance
                         .get_typed_func::<(i32, i32), ()>(&mut store, "run")

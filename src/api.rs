@@ -18,7 +18,9 @@ use crate::registry::{Registry, UploadError, UploadOptions, validate_name};
 use crate::runtime::Runtime;
 use crate::trace::export::Exporter;
 use crate::trace::recent::RecentTraces;
-use crate::trace::{Ending, RunFacts, build_trace, new_span_id, new_trace_id};
+use crate::trace::{
+    Ending, RunFacts, SpanOverrides, SpanVolume, TraceRecord, new_span_id, new_trace_id,
+};
 
 /// Shared state of the server.
 pub struct AppState {
@@ -32,8 +34,8 @@ pub struct AppState {
     pub exporter: Option<Exporter>,
     /// The last traces.
     pub recent: RecentTraces,
-    /// Function spans per run.
-    pub max_spans: usize,
+    /// Span limits of runs whose module sets none.
+    pub spans: SpanVolume,
     /// Largest upload.
     pub max_upload: usize,
     /// Largest run body.
@@ -167,6 +169,24 @@ fn flag(
     }
 }
 
+/// The last `key=` as a number no larger than `max`, if present.
+fn number(pairs: &[(String, String)], key: &str, max: u64) -> Result<Option<u64>, ApiError> {
+    let Some((_, v)) = pairs.iter().rev().find(|(k, _)| k == key) else {
+        return Ok(None);
+    };
+    match v.parse::<u64>() {
+        Ok(n) if n <= max => Ok(Some(n)),
+        Ok(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid `{key}={v}`: at most {max} allowed"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid `{key}={v}`: expected a whole number"),
+        )),
+    }
+}
+
 async fn upload(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -182,6 +202,11 @@ async fn upload(
         instrument: flag(&pairs, "instrument", &["true", "false"])?.is_none_or(|v| v == "true"),
         trap_unknown_imports: flag(&pairs, "unknown_imports", &["error", "trap"])?
             .is_some_and(|v| v == "trap"),
+        spans: SpanOverrides {
+            max_spans: number(&pairs, "max_spans", state.spans.max_spans as u64)?
+                .map(|n| n as usize),
+            min_span_us: number(&pairs, "min_span_us", u64::MAX / 1000)?,
+        },
     };
     let app = state.clone();
     let result = tokio::task::spawn_blocking(move || app.registry.upload(&name, &wasm, options))
@@ -316,6 +341,7 @@ async fn run(
     let _permit = state.runs.acquire().await.map_err(ApiError::internal)?;
     let app = state.clone();
     let run_module = module.clone();
+    let volume = module.info.spans.over(state.spans);
     let outcome = tokio::task::spawn_blocking(move || {
         let functions = run_module.names.len();
         app.runtime.run(
@@ -324,16 +350,17 @@ async fn run(
             &args,
             body,
             functions,
+            volume.min_span_us.saturating_mul(1000),
         )
     })
     .await
     .map_err(ApiError::internal)?;
     drop(_permit);
 
-    let trace = Arc::new(build_trace(
-        &RunFacts {
-            module: &name,
-            names: &module.names,
+    let trace = Arc::new(TraceRecord::new(
+        RunFacts {
+            module: name,
+            names: module.names.clone(),
             trace_id,
             remote_parent,
             request_span,
@@ -341,17 +368,18 @@ async fn run(
             request_end: SystemTime::now(),
             run_start: outcome.started,
             run_ns: outcome.run_ns,
-            ending: &outcome.ending,
-            stderr: &outcome.stderr,
-            max_spans: state.max_spans,
+            ending: outcome.ending.clone(),
+            stderr: outcome.stderr,
+            max_spans: volume.max_spans,
         },
         &outcome.recorder,
     ));
+    drop(outcome.recorder);
     state.counters.runs.fetch_add(1, Ordering::Relaxed);
     state
         .counters
         .spans
-        .fetch_add(trace.spans.len() as u64, Ordering::Relaxed);
+        .fetch_add(trace.span_count() as u64, Ordering::Relaxed);
     state.recent.push(trace.clone());
     if let Some(exporter) = &state.exporter {
         exporter.send(trace);
@@ -450,7 +478,7 @@ async fn list_traces(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
                 "module": t.module,
                 "start_unix_nanos": t.start().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
                 "duration_ns": t.duration().as_nanos(),
-                "spans": t.spans.len(),
+                "spans": t.span_count(),
                 "error": t.error(),
             })
         })
@@ -476,7 +504,7 @@ async fn get_trace(
         .get(trace_id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no recent trace `{id}`")))?;
     Ok(Json(
-        json!({ "trace_id": id, "module": trace.module, "spans": trace.spans_json(), "functions": trace.functions }),
+        json!({ "trace_id": id, "module": trace.module, "spans": trace.spans_json(), "functions": trace.functions() }),
     ))
 }
 

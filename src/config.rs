@@ -70,9 +70,15 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_MAX_EVENTS", default_value_t = 2_000_000)]
     pub max_events: usize,
 
-    /// Function spans exported per run: the longest are kept, with their ancestors.
+    /// Function spans exported per run: the calls open at a trap first, then the longest, with
+    /// their ancestors. Also the most a module may ask for at upload.
     #[arg(long, env = "IOTA_MAX_SPANS", default_value_t = 10_000)]
     pub max_spans: usize,
+
+    /// Calls shorter than this (microseconds) are not spans: their time shows in the caller's
+    /// self time, and they still count in the per-function totals. Modules may set their own.
+    #[arg(long, env = "IOTA_MIN_SPAN_US", default_value_t = 0)]
+    pub min_span_us: u64,
 
     /// Bearer token required by `POST /upload` and `DELETE /modules/{name}` (none: open).
     #[arg(long, env = "IOTA_UPLOAD_TOKEN", hide_env_values = true)]

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use iota::api::{AppState, Counters, app};
 use iota::registry::Registry;
 use iota::runtime::{RunLimits, Runtime};
+use iota::trace::SpanVolume;
 use iota::trace::export::Exporter;
 use iota::trace::recent::RecentTraces;
 use iota::{ServeConfig, config::OtlpProtocol};
@@ -76,7 +77,10 @@ fn serve(config: ServeConfig) -> Result<()> {
         runs: Semaphore::new(config.max_concurrent_runs),
         exporter,
         recent: RecentTraces::new(config.recent_traces),
-        max_spans: config.max_spans,
+        spans: SpanVolume {
+            max_spans: config.max_spans,
+            min_span_us: config.min_span_us,
+        },
         max_upload: config.max_upload,
         max_run_body: config.max_run_body,
         counters: Counters::default(),
@@ -93,10 +97,12 @@ fn serve(config: ServeConfig) -> Result<()> {
             .with_context(|| format!("binding {}", config.addr))?;
         let addr = listener.local_addr()?;
         println!("iota listening on http://{addr} ({modules} modules loaded)");
+        // The access log is at debug (`RUST_LOG=tower_http=debug`): a synchronous line per
+        // request showed in profiles of `/run` under load. Server errors still log at error.
         let router = app(state.clone()).layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::DEBUG))
+                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
         );
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown_signal())

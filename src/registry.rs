@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{InstancePre, Module};
 
 use crate::runtime::{RunState, Runtime};
+use crate::trace::SpanOverrides;
 
 /// What the registry knows about a stored module.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,6 +52,9 @@ pub struct ModuleInfo {
     pub trap_unknown_imports: bool,
     /// Upload time, seconds since the Unix epoch.
     pub uploaded_at: u64,
+    /// Span limits chosen at upload (the server's apply to what is unset).
+    #[serde(default, skip_serializing_if = "SpanOverrides::is_empty")]
+    pub spans: SpanOverrides,
 }
 
 /// How a module's function calls reach the recorder.
@@ -72,6 +76,8 @@ pub struct UploadOptions {
     pub instrument: bool,
     /// Link unknown imports as trapping functions instead of refusing the module.
     pub trap_unknown_imports: bool,
+    /// Span limits for this module's runs.
+    pub spans: SpanOverrides,
 }
 
 /// A module ready to run.
@@ -81,7 +87,7 @@ pub struct LoadedModule {
     /// Linked once; each run instantiates it in a fresh store.
     pub pre: InstancePre<RunState>,
     /// Function names indexed by hook id.
-    pub names: Vec<Option<String>>,
+    pub names: Arc<[Option<String>]>,
 }
 
 /// Why an upload failed: all are the uploader's fault (400) but `Internal`.
@@ -186,7 +192,11 @@ impl Registry {
         )?)?;
         let module = self.compiled(&info.runnable_sha256)?;
         let pre = self.runtime.prepare(&module, info.trap_unknown_imports)?;
-        Ok(LoadedModule { info, pre, names })
+        Ok(LoadedModule {
+            info,
+            pre,
+            names: names.into(),
+        })
     }
 
     /// The module compiled for this engine: the stored artifact, or compiled now and stored.
@@ -290,6 +300,7 @@ impl Registry {
             traced_functions,
             tracing,
             trap_unknown_imports: options.trap_unknown_imports,
+            spans: options.spans,
             uploaded_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -309,7 +320,7 @@ impl Registry {
         let loaded = Arc::new(LoadedModule {
             info: info.clone(),
             pre,
-            names: by_id,
+            names: by_id.into(),
         });
         {
             let _switch = self.writes.lock().unwrap_or_else(|e| e.into_inner());

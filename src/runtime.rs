@@ -7,7 +7,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use iota_instrument as abi;
 use wasmtime::{
-    Caller, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    Caller, Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, WasmBacktrace,
 };
 use wasmtime_wasi::WasiCtxBuilder;
@@ -169,7 +169,8 @@ impl Runtime {
     }
 
     /// Runs a WASI command's `_start` with `args` (argv[1..]) and `stdin`, in a fresh store.
-    /// `functions` bounds the hook ids the recorder accepts.
+    /// `functions` bounds the hook ids the recorder accepts; calls shorter than `min_span_ns`
+    /// count in the aggregates only.
     pub fn run(
         &self,
         pre: &InstancePre<RunState>,
@@ -177,6 +178,7 @@ impl Runtime {
         args: &[String],
         stdin: Bytes,
         functions: usize,
+        min_span_ns: u64,
     ) -> RunOutcome {
         let stdout = MemoryOutputPipe::new(self.limits.stdout);
         let stderr = MemoryOutputPipe::new(self.limits.stderr);
@@ -195,7 +197,7 @@ impl Runtime {
             .build();
         let state = RunState {
             wasi,
-            recorder: Recorder::new(functions, self.limits.max_events),
+            recorder: Recorder::new(functions, self.limits.max_events, min_span_ns),
             limits,
         };
         let mut store = Store::new(&self.engine, state);
@@ -232,6 +234,9 @@ impl Runtime {
     }
 }
 
+/// Bytes of each pooled memory and table reset in place rather than returned to the kernel.
+const KEEP_RESIDENT: usize = 4 << 20;
+
 /// A pool for the runs that may execute at once, with room for modules as large as real ones
 /// get (CPython, yosys): many functions, big tables, a few memories and tables each.
 fn pool(limits: &RunLimits) -> PoolingAllocationConfig {
@@ -247,7 +252,13 @@ fn pool(limits: &RunLimits) -> PoolingAllocationConfig {
         .max_tables_per_module(2)
         .max_memory_size(limits.memory)
         .table_elements(1 << 20)
-        .max_core_instance_size(64 << 20);
+        .max_core_instance_size(64 << 20)
+        // Resetting a slot with memset (only the pages a run touched, where the kernel can
+        // say which) instead of madvise spares the next run its page faults and the TLB
+        // shootdowns that come with them.
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT)
+        .pagemap_scan(Enabled::Auto);
     pool
 }
 

@@ -165,9 +165,10 @@ pub fn span_data(trace: &TraceRecord) -> Vec<SpanData> {
     let scope = InstrumentationScope::builder("iota")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
+    let request_span = trace.request_span();
     trace
-        .spans
-        .iter()
+        .spans()
+        .into_iter()
         .map(|span| SpanData {
             span_context: SpanContext::new(
                 trace.trace_id,
@@ -179,33 +180,25 @@ pub fn span_data(trace: &TraceRecord) -> Vec<SpanData> {
             parent_span_id: span
                 .parent_span_id
                 .unwrap_or(opentelemetry::trace::SpanId::INVALID),
-            parent_span_is_remote: trace.remote_parent
-                && Some(span.span_id) == trace.spans.first().map(|s| s.span_id),
-            span_kind: span.kind.clone(),
-            name: Cow::Owned(span.name.clone()),
+            parent_span_is_remote: trace.has_remote_parent() && span.span_id == request_span,
+            span_kind: span.kind,
+            name: Cow::Owned(span.name),
             start_time: span.start,
             end_time: span.end,
-            attributes: span.attributes.clone(),
+            attributes: span.attributes,
             dropped_attributes_count: 0,
             events: {
                 let mut events = SpanEvents::default();
                 events.events = span
                     .events
-                    .iter()
-                    .map(|e| {
-                        opentelemetry::trace::Event::new(
-                            e.name.clone(),
-                            e.time,
-                            e.attributes.clone(),
-                            0,
-                        )
-                    })
+                    .into_iter()
+                    .map(|e| opentelemetry::trace::Event::new(e.name, e.time, e.attributes, 0))
                     .collect();
                 events
             },
             links: SpanLinks::default(),
-            status: match &span.error {
-                Some(message) => Status::error(message.clone()),
+            status: match span.error {
+                Some(message) => Status::error(message),
                 None => Status::Unset,
             },
             instrumentation_scope: scope.clone(),

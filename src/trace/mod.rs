@@ -5,13 +5,16 @@ pub mod recent;
 pub mod recorder;
 pub mod tree;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry::{KeyValue, Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use recorder::Recorder;
+use recorder::{Aggregate, Recorder};
+use tree::Call;
 
 /// A span ready for export and display.
 #[derive(Debug, Clone)]
@@ -47,19 +50,78 @@ pub struct SpanEventRecord {
     pub attributes: Vec<KeyValue>,
 }
 
-/// All spans of one run.
-#[derive(Debug, Clone)]
+/// Limits on a run's spans, set per server and per module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpanVolume {
+    /// Function spans kept per run: the calls open at the end (a trap's stack) first, then the
+    /// longest, always with their ancestors.
+    pub max_spans: usize,
+    /// Calls shorter than this many microseconds are not spans; their time shows in their
+    /// caller's self time, and they still count in the per-function totals.
+    pub min_span_us: u64,
+}
+
+/// Span limits chosen at upload for one module; what is unset follows the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpanOverrides {
+    /// See [`SpanVolume::max_spans`]; at most the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_spans: Option<usize>,
+    /// See [`SpanVolume::min_span_us`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_span_us: Option<u64>,
+}
+
+impl SpanOverrides {
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == SpanOverrides::default()
+    }
+
+    /// The limits for a run: these overrides over the server's `defaults`.
+    pub fn over(&self, defaults: SpanVolume) -> SpanVolume {
+        SpanVolume {
+            max_spans: self.max_spans.unwrap_or(defaults.max_spans),
+            min_span_us: self.min_span_us.unwrap_or(defaults.min_span_us),
+        }
+    }
+}
+
+/// One run, as recorded: the calls kept as spans, the exact per-function totals and what is
+/// needed to build spans. Spans themselves are built only when someone looks or exports, so a
+/// run costs no allocation per call.
+#[derive(Debug)]
 pub struct TraceRecord {
     /// The trace (the caller's, from `traceparent`, or a new one).
     pub trace_id: TraceId,
     /// The module that ran.
     pub module: String,
-    /// Spans: the request span first, then `run <module>`, then function calls in start order.
-    pub spans: Vec<SpanRecord>,
-    /// Whether the caller's span context came from `traceparent`.
-    pub remote_parent: bool,
-    /// Exact per-function totals of the run, most total time first.
-    pub functions: Vec<FunctionStats>,
+    names: Arc<[Option<String>]>,
+    remote_parent: Option<SpanId>,
+    request_span: SpanId,
+    run_span: SpanId,
+    request_start: SystemTime,
+    request_end: SystemTime,
+    run_start: SystemTime,
+    run_ns: u64,
+    ending: Ending,
+    stderr: Bytes,
+    /// Kept calls in start order; parents index this vector and come before their callees.
+    calls: Vec<Call>,
+    outside_grows: Vec<(u64, u32)>,
+    /// Called functions' totals, by hook id.
+    aggregates: Vec<(u32, Aggregate)>,
+    volume: Volume,
+}
+
+/// How much a run recorded and what was left out.
+#[derive(Debug, Clone, Copy)]
+struct Volume {
+    calls_logged: usize,
+    short_calls: u64,
+    dropped_events: u64,
+    ignored_calls: u64,
+    recorder_bytes: usize,
 }
 
 /// One function's exact totals over a run, whatever spans were kept.
@@ -106,148 +168,225 @@ impl Ending {
     }
 }
 
-/// What the span builder needs to know about a finished run.
-pub struct RunFacts<'a> {
+/// What a trace needs to know about a finished run besides its recorder.
+pub struct RunFacts {
     /// Module name.
-    pub module: &'a str,
+    pub module: String,
     /// Function names indexed by hook id.
-    pub names: &'a [Option<String>],
-    /// Trace id and the caller's span, if a `traceparent` came in.
+    pub names: Arc<[Option<String>]>,
+    /// Trace id (the caller's, from `traceparent`, or a new one).
     pub trace_id: TraceId,
     /// The caller's span from `traceparent`.
     pub remote_parent: Option<SpanId>,
     /// The request span's id (returned in the response's `traceparent`).
     pub request_span: SpanId,
-    /// When the request arrived and when its response was ready.
+    /// When the request arrived.
     pub request_start: SystemTime,
-    /// When the request completed.
+    /// When its response was ready.
     pub request_end: SystemTime,
     /// Wall-clock time of the recorder's origin.
     pub run_start: SystemTime,
     /// Nanoseconds from the origin to the end of the run.
     pub run_ns: u64,
     /// How the run ended.
-    pub ending: &'a Ending,
+    pub ending: Ending,
     /// Captured stderr (already capped).
-    pub stderr: &'a [u8],
+    pub stderr: Bytes,
     /// Upper bound on function spans.
     pub max_spans: usize,
 }
 
-/// Builds the spans of a finished run from its recorder.
-pub fn build_trace(facts: &RunFacts<'_>, recorder: &Recorder) -> TraceRecord {
-    let at = |ns: u64| facts.run_start + Duration::from_nanos(ns);
-    let (calls, outside_grows) = tree::build(recorder.events(), facts.run_ns);
-    let keep = tree::select(&calls, facts.max_spans);
-    let kept = keep.iter().filter(|k| **k).count();
-    let error = facts.ending.error();
-    let run_span = new_span_id();
-
-    let mut spans = Vec::with_capacity(kept + 2);
-    let mut request_attributes = vec![
-        KeyValue::new("http.request.method", "POST"),
-        KeyValue::new("http.route", "/run"),
-        KeyValue::new("iota.module", facts.module.to_string()),
-    ];
-    if let Ending::Exit(code) = facts.ending {
-        request_attributes.push(KeyValue::new("process.exit.code", i64::from(*code)));
-    }
-    spans.push(SpanRecord {
-        span_id: facts.request_span,
-        parent_span_id: facts.remote_parent,
-        name: "POST /run".into(),
-        kind: SpanKind::Server,
-        start: facts.request_start,
-        end: facts.request_end.max(at(facts.run_ns)),
-        attributes: request_attributes,
-        events: Vec::new(),
-        error: error.clone(),
-    });
-
-    let mut run_attributes = vec![
-        KeyValue::new("iota.module", facts.module.to_string()),
-        KeyValue::new("iota.calls.recorded", calls.len() as i64),
-        KeyValue::new("iota.spans.exported", kept as i64),
-        KeyValue::new("iota.spans.dropped", (calls.len() - kept) as i64),
-        KeyValue::new("iota.events.dropped", recorder.dropped_events() as i64),
-        KeyValue::new("iota.hook_calls.ignored", recorder.ignored_calls() as i64),
-    ];
-    let functions = function_stats(recorder, facts.names);
-    run_attributes.extend(aggregate_attributes(&functions));
-    let mut run_events: Vec<SpanEventRecord> = outside_grows
-        .iter()
-        .map(|&(ns, pages)| memory_grow_event(at(ns), pages))
-        .collect();
-    if let Ending::Trap { message, backtrace } = facts.ending {
-        run_events.push(SpanEventRecord {
-            name: "exception".into(),
-            time: at(facts.run_ns),
-            attributes: vec![
-                KeyValue::new("exception.type", "wasm trap"),
-                KeyValue::new("exception.message", message.clone()),
-                KeyValue::new("exception.stacktrace", backtrace.clone()),
-            ],
-        });
-    }
-    if !facts.stderr.is_empty() {
-        run_events.push(SpanEventRecord {
-            name: "stderr".into(),
-            time: at(facts.run_ns),
-            attributes: vec![KeyValue::new(
-                "log.record.body",
-                String::from_utf8_lossy(facts.stderr).into_owned(),
-            )],
-        });
-    }
-    spans.push(SpanRecord {
-        span_id: run_span,
-        parent_span_id: Some(facts.request_span),
-        name: format!("run {}", facts.module),
-        kind: SpanKind::Internal,
-        start: at(0),
-        end: at(facts.run_ns),
-        attributes: run_attributes,
-        events: run_events,
-        error: error.clone(),
-    });
-
-    let mut span_ids = vec![None; calls.len()];
-    for (i, call) in calls.iter().enumerate() {
-        if !keep[i] {
-            continue;
+impl TraceRecord {
+    /// Rebuilds the call tree from the recorder and keeps the calls that will be spans.
+    pub fn new(facts: RunFacts, recorder: &Recorder) -> Self {
+        let (all_calls, outside_grows) = tree::build(recorder.events(), facts.run_ns);
+        let keep = tree::select(&all_calls, facts.max_spans);
+        let calls_logged = all_calls.len();
+        let calls = tree::retain(all_calls, &keep);
+        let aggregates = recorder
+            .aggregates()
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.calls > 0)
+            .map(|(id, a)| (id as u32, *a))
+            .collect();
+        TraceRecord {
+            trace_id: facts.trace_id,
+            module: facts.module,
+            names: facts.names,
+            remote_parent: facts.remote_parent,
+            request_span: facts.request_span,
+            run_span: new_span_id(),
+            request_start: facts.request_start,
+            request_end: facts.request_end,
+            run_start: facts.run_start,
+            run_ns: facts.run_ns,
+            ending: facts.ending,
+            stderr: facts.stderr,
+            volume: Volume {
+                calls_logged,
+                short_calls: recorder.short_calls(),
+                dropped_events: recorder.dropped_events(),
+                ignored_calls: recorder.ignored_calls(),
+                recorder_bytes: recorder.memory_bytes(),
+            },
+            calls,
+            outside_grows,
+            aggregates,
         }
-        let span_id = new_span_id();
-        span_ids[i] = Some(span_id);
-        let parent = call.parent.and_then(|p| span_ids[p]).unwrap_or(run_span);
-        let name = function_name(facts.names, call.id);
+    }
+
+    /// Spans in this trace: the request span, the run span and one per kept call.
+    pub fn span_count(&self) -> usize {
+        self.calls.len() + 2
+    }
+
+    /// Whether the request span's parent came from the caller's `traceparent`.
+    pub fn has_remote_parent(&self) -> bool {
+        self.remote_parent.is_some()
+    }
+
+    /// The id of the request span (the root of this trace within iota).
+    pub fn request_span(&self) -> SpanId {
+        self.request_span
+    }
+
+    /// Every called function's exact totals, most total time first.
+    pub fn functions(&self) -> Vec<FunctionStats> {
+        let mut stats: Vec<FunctionStats> = self
+            .aggregates
+            .iter()
+            .map(|&(id, a)| FunctionStats {
+                id,
+                name: function_name(&self.names, id),
+                calls: a.calls,
+                total_ns: a.total_ns,
+                self_ns: a.self_ns,
+                max_ns: a.max_ns,
+            })
+            .collect();
+        stats.sort_by_key(|f| (std::cmp::Reverse(f.total_ns), f.id));
+        stats
+    }
+
+    /// Builds the spans: the request span first, then `run <module>`, then function calls in
+    /// start order. Span ids are derived from the run span's, so building twice gives the same.
+    pub fn spans(&self) -> Vec<SpanRecord> {
+        let at = |ns: u64| self.run_start + Duration::from_nanos(ns);
+        let error = self.ending.error();
+        let mut spans = Vec::with_capacity(self.span_count());
+        let mut request_attributes = vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.route", "/run"),
+            KeyValue::new("iota.module", self.module.clone()),
+        ];
+        if let Ending::Exit(code) = self.ending {
+            request_attributes.push(KeyValue::new("process.exit.code", i64::from(code)));
+        }
         spans.push(SpanRecord {
-            span_id,
-            parent_span_id: Some(parent),
-            name: name.clone(),
-            kind: SpanKind::Internal,
-            start: at(call.start),
-            end: at(call.end),
-            attributes: vec![
-                KeyValue::new("code.function.name", name),
-                KeyValue::new("wasm.function.index", i64::from(call.id)),
-            ],
-            events: call
-                .memory_grows
-                .iter()
-                .map(|&(ns, pages)| memory_grow_event(at(ns), pages))
-                .collect(),
-            error: call
-                .unfinished
-                .then(|| error.clone().unwrap_or_else(|| "did not return".into())),
+            span_id: self.request_span,
+            parent_span_id: self.remote_parent,
+            name: "POST /run".into(),
+            kind: SpanKind::Server,
+            start: self.request_start,
+            end: self.request_end.max(at(self.run_ns)),
+            attributes: request_attributes,
+            events: Vec::new(),
+            error: error.clone(),
         });
+
+        let v = &self.volume;
+        let functions = self.functions();
+        let total_calls: u64 = functions.iter().map(|f| f.calls).sum();
+        let mut run_attributes = vec![
+            KeyValue::new("iota.module", self.module.clone()),
+            KeyValue::new("iota.calls.total", total_calls as i64),
+            KeyValue::new("iota.calls.recorded", v.calls_logged as i64),
+            KeyValue::new("iota.calls.short", v.short_calls as i64),
+            KeyValue::new("iota.spans.exported", self.calls.len() as i64),
+            KeyValue::new(
+                "iota.spans.dropped",
+                (v.calls_logged - self.calls.len()) as i64,
+            ),
+            KeyValue::new("iota.events.dropped", v.dropped_events as i64),
+            KeyValue::new("iota.hook_calls.ignored", v.ignored_calls as i64),
+            KeyValue::new("iota.recorder.bytes", v.recorder_bytes as i64),
+        ];
+        run_attributes.extend(aggregate_attributes(&functions));
+        let mut run_events: Vec<SpanEventRecord> = self
+            .outside_grows
+            .iter()
+            .map(|&(ns, pages)| memory_grow_event(at(ns), pages))
+            .collect();
+        if let Ending::Trap { message, backtrace } = &self.ending {
+            run_events.push(SpanEventRecord {
+                name: "exception".into(),
+                time: at(self.run_ns),
+                attributes: vec![
+                    KeyValue::new("exception.type", "wasm trap"),
+                    KeyValue::new("exception.message", message.clone()),
+                    KeyValue::new("exception.stacktrace", backtrace.clone()),
+                ],
+            });
+        }
+        if !self.stderr.is_empty() {
+            run_events.push(SpanEventRecord {
+                name: "stderr".into(),
+                time: at(self.run_ns),
+                attributes: vec![KeyValue::new(
+                    "log.record.body",
+                    String::from_utf8_lossy(&self.stderr).into_owned(),
+                )],
+            });
+        }
+        spans.push(SpanRecord {
+            span_id: self.run_span,
+            parent_span_id: Some(self.request_span),
+            name: format!("run {}", self.module),
+            kind: SpanKind::Internal,
+            start: at(0),
+            end: at(self.run_ns),
+            attributes: run_attributes,
+            events: run_events,
+            error: error.clone(),
+        });
+
+        let call_span = |i: usize| derived_span_id(self.run_span, i);
+        for (i, call) in self.calls.iter().enumerate() {
+            let name = function_name(&self.names, call.id);
+            spans.push(SpanRecord {
+                span_id: call_span(i),
+                parent_span_id: Some(call.parent.map_or(self.run_span, call_span)),
+                name: name.clone(),
+                kind: SpanKind::Internal,
+                start: at(call.start),
+                end: at(call.end),
+                attributes: vec![
+                    KeyValue::new("code.function.name", name),
+                    KeyValue::new("wasm.function.index", i64::from(call.id)),
+                ],
+                events: call
+                    .memory_grows
+                    .iter()
+                    .map(|&(ns, pages)| memory_grow_event(at(ns), pages))
+                    .collect(),
+                error: call
+                    .unfinished
+                    .then(|| error.clone().unwrap_or_else(|| "did not return".into())),
+            });
+        }
+        spans
     }
-    TraceRecord {
-        trace_id: facts.trace_id,
-        module: facts.module.to_string(),
-        spans,
-        remote_parent: facts.remote_parent.is_some(),
-        functions,
-    }
+}
+
+/// The id of the `index`th call span under `run_span`: distinct per index, never zero.
+fn derived_span_id(run_span: SpanId, index: usize) -> SpanId {
+    // splitmix64: consecutive inputs give unrelated outputs.
+    let mut z = u64::from_be_bytes(run_span.to_bytes())
+        .wrapping_add((index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    SpanId::from_bytes((z ^ (z >> 31)).max(1).to_be_bytes())
 }
 
 fn function_name(names: &[Option<String>], id: u32) -> String {
@@ -263,26 +402,6 @@ fn memory_grow_event(time: SystemTime, pages: u32) -> SpanEventRecord {
         time,
         attributes: vec![KeyValue::new("wasm.memory.grow.pages", i64::from(pages))],
     }
-}
-
-/// Every called function's totals, most total time first.
-fn function_stats(recorder: &Recorder, names: &[Option<String>]) -> Vec<FunctionStats> {
-    let mut stats: Vec<FunctionStats> = recorder
-        .aggregates()
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| a.calls > 0)
-        .map(|(id, a)| FunctionStats {
-            id: id as u32,
-            name: function_name(names, id as u32),
-            calls: a.calls,
-            total_ns: a.total_ns,
-            self_ns: a.self_ns,
-            max_ns: a.max_ns,
-        })
-        .collect();
-    stats.sort_by_key(|f| (std::cmp::Reverse(f.total_ns), f.id));
-    stats
 }
 
 /// The ten functions with the most self time, as `iota.function.<rank>.*` attributes.
@@ -336,7 +455,7 @@ pub struct SpanJson {
 impl TraceRecord {
     /// The spans as JSON-ready values, in the record's order.
     pub fn spans_json(&self) -> Vec<SpanJson> {
-        self.spans
+        self.spans()
             .iter()
             .map(|s| SpanJson {
                 span_id: s.span_id.to_string(),
@@ -363,19 +482,20 @@ impl TraceRecord {
 
     /// Start of the request span.
     pub fn start(&self) -> SystemTime {
-        self.spans.first().map_or(UNIX_EPOCH, |s| s.start)
+        self.request_start
     }
 
     /// Duration of the request span.
     pub fn duration(&self) -> Duration {
-        self.spans.first().map_or(Duration::ZERO, |s| {
-            s.end.duration_since(s.start).unwrap_or_default()
-        })
+        let end = self
+            .request_end
+            .max(self.run_start + Duration::from_nanos(self.run_ns));
+        end.duration_since(self.request_start).unwrap_or_default()
     }
 
-    /// The request span's error, if the run failed.
-    pub fn error(&self) -> Option<&str> {
-        self.spans.first().and_then(|s| s.error.as_deref())
+    /// Why the run failed, if it did.
+    pub fn error(&self) -> Option<String> {
+        self.ending.error()
     }
 }
 

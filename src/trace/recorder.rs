@@ -4,6 +4,8 @@
 //! read. Near `max_events` the log stops taking new calls but always keeps the exits of the
 //! calls it logged, so it stays a consistent tree; a shadow stack keeps exact per-function
 //! aggregates (calls, total, self and max time) for the whole run either way.
+//! Calls shorter than a minimum duration leave the log when they return, so their time shows
+//! in their caller's self time; they still count in the aggregates.
 //! A guest may call the hooks itself: ids are bounded by the module's function count and the
 //! shadow stack by a fixed depth, so memory stays bounded whatever it does.
 
@@ -60,9 +62,12 @@ struct Frame {
     id: u32,
     start: u64,
     children_ns: u64,
-    /// Its enter is in the log, so its exit must be too.
-    logged: bool,
+    /// Index of its enter in the log, or [`NOT_LOGGED`]; a logged enter needs its exit.
+    log_index: usize,
 }
+
+/// [`Frame::log_index`] of a call whose enter did not fit in the log.
+const NOT_LOGGED: usize = usize::MAX;
 
 /// The event log and aggregates of one run.
 #[derive(Debug)]
@@ -72,7 +77,9 @@ pub struct Recorder {
     origin: u64,
     events: Vec<Event>,
     max_events: usize,
+    min_span_ns: u64,
     dropped_events: u64,
+    short_calls: u64,
     stack: Vec<Frame>,
     /// Open frames whose exits the log has room reserved for.
     logged_open: usize,
@@ -81,15 +88,18 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder for a module whose function ids are below `functions`.
-    pub fn new(functions: usize, max_events: usize) -> Self {
+    /// A recorder for a module whose function ids are below `functions`, logging at most
+    /// `max_events` events and only calls lasting at least `min_span_ns`.
+    pub fn new(functions: usize, max_events: usize, min_span_ns: u64) -> Self {
         let clock = clock();
         Recorder {
             clock,
             origin: clock.raw(),
             events: Vec::with_capacity(max_events.min(1 << 12)),
             max_events,
+            min_span_ns,
             dropped_events: 0,
+            short_calls: 0,
             stack: Vec::with_capacity(256),
             logged_open: 0,
             aggregates: vec![Aggregate::default(); functions],
@@ -124,6 +134,11 @@ impl Recorder {
         let at = self.now();
         // An enter needs room for itself and its exit.
         let logged = self.events.len() + self.logged_open + 2 <= self.max_events;
+        let log_index = if logged {
+            self.events.len()
+        } else {
+            NOT_LOGGED
+        };
         if logged {
             self.events.push(Event {
                 at,
@@ -138,7 +153,7 @@ impl Recorder {
             id,
             start: at,
             children_ns: 0,
-            logged,
+            log_index,
         });
     }
 
@@ -152,18 +167,24 @@ impl Recorder {
             return;
         };
         let at = self.now();
-        let logged = self.stack[depth].logged;
+        let frame = self.stack[depth];
         while self.stack.len() > depth {
             self.close_top(at);
         }
-        if logged {
+        if frame.log_index == NOT_LOGGED {
+            self.dropped_events += 1;
+        } else if at.saturating_sub(frame.start) < self.min_span_ns
+            && frame.log_index + 1 == self.events.len()
+        {
+            // Too short to be a span, and nothing it did is in the log after its enter.
+            self.events.pop();
+            self.short_calls += 1;
+        } else {
             self.events.push(Event {
                 at,
                 id,
                 kind: EventKind::Exit,
             });
-        } else {
-            self.dropped_events += 1;
         }
     }
 
@@ -186,7 +207,7 @@ impl Recorder {
         let Some(frame) = self.stack.pop() else {
             return;
         };
-        self.logged_open -= usize::from(frame.logged);
+        self.logged_open -= usize::from(frame.log_index != NOT_LOGGED);
         let total = at.saturating_sub(frame.start);
         let aggregate = &mut self.aggregates[frame.id as usize];
         aggregate.calls += 1;
@@ -218,6 +239,18 @@ impl Recorder {
         self.dropped_events
     }
 
+    /// Calls left out of the log for being shorter than the minimum span duration.
+    pub fn short_calls(&self) -> u64 {
+        self.short_calls
+    }
+
+    /// Bytes held by the log, the shadow stack and the aggregates.
+    pub fn memory_bytes(&self) -> usize {
+        self.events.capacity() * size_of::<Event>()
+            + self.stack.capacity() * size_of::<Frame>()
+            + self.aggregates.capacity() * size_of::<Aggregate>()
+    }
+
     /// Hook calls ignored: unknown ids, exits with no open frame, or too deep.
     pub fn ignored_calls(&self) -> u64 {
         self.ignored_calls
@@ -239,7 +272,7 @@ mod tests {
 
     #[test]
     fn aggregates_stay_exact_past_the_event_cap() {
-        let mut r = Recorder::new(4, 4);
+        let mut r = Recorder::new(4, 4, 0);
         r.enter(1);
         for _ in 0..10 {
             r.enter(2);
@@ -265,7 +298,7 @@ mod tests {
 
     #[test]
     fn mismatched_exit_unwinds_to_its_frame_and_unknown_ids_are_ignored() {
-        let mut r = Recorder::new(4, 100);
+        let mut r = Recorder::new(4, 100, 0);
         r.enter(1);
         r.enter(2);
         r.enter(3);
@@ -288,8 +321,36 @@ mod tests {
     }
 
     #[test]
+    fn short_calls_leave_the_log_but_not_the_aggregates() {
+        let mut r = Recorder::new(4, 100, u64::MAX);
+        r.enter(1);
+        r.enter(2);
+        r.exit(2);
+        r.memory_grow(1);
+        r.enter(3);
+        r.exit(3);
+        r.exit(1);
+        r.enter(2);
+        r.exit(2);
+        // 1 stays: a memory.grow happened inside it after its enter.
+        assert_eq!(
+            ids(&r),
+            [
+                (EventKind::Enter, 1),
+                (EventKind::MemoryGrow, 1),
+                (EventKind::Exit, 1)
+            ]
+        );
+        assert_eq!(r.short_calls(), 3);
+        assert_eq!(r.aggregates()[2].calls, 2);
+        assert_eq!(r.aggregates()[3].calls, 1);
+        let a1 = r.aggregates()[1];
+        assert!(a1.self_ns + r.aggregates()[3].total_ns <= a1.total_ns);
+    }
+
+    #[test]
     fn finish_closes_open_frames() {
-        let mut r = Recorder::new(2, 100);
+        let mut r = Recorder::new(2, 100, 0);
         r.enter(0);
         r.enter(1);
         assert_eq!(r.finish(r.now()), 2);

@@ -102,6 +102,22 @@ pub fn select(calls: &[Call], max: usize) -> Vec<bool> {
     keep
 }
 
+/// The calls `keep` flags, with parents renumbered into the result. Every kept call's parent
+/// must be kept too, as [`select`] ensures.
+pub fn retain(calls: Vec<Call>, keep: &[bool]) -> Vec<Call> {
+    let mut new_index = vec![usize::MAX; calls.len()];
+    let mut kept = Vec::with_capacity(keep.iter().filter(|k| **k).count());
+    for (i, mut call) in calls.into_iter().enumerate() {
+        if !keep[i] {
+            continue;
+        }
+        call.parent = call.parent.map(|p| new_index[p]);
+        new_index[i] = kept.len();
+        kept.push(call);
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +176,8 @@ mod tests {
             .map(|(c, _)| (c.id, c.duration()))
             .collect();
         assert_eq!(kept, [(0, 300), (1, 8), (1, 9), (2, 100)]);
+        let retained = retain(calls, &keep);
+        let parents: Vec<_> = retained.iter().map(|c| c.parent).collect();
+        assert_eq!(parents, [None, Some(0), Some(0), Some(0)]);
     }
 }
