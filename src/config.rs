@@ -66,8 +66,9 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_MAX_CONCURRENT_RUNS", default_value_t = default_concurrency())]
     pub max_concurrent_runs: usize,
 
-    /// Hook events (enter or exit) kept per run; past it, only per-function aggregates grow.
-    #[arg(long, env = "IOTA_MAX_EVENTS", default_value_t = 2_000_000)]
+    /// Hook events (16 bytes each) a run's log holds. A full log drops its shorter calls to keep
+    /// the longest of the run; the per-function totals stay exact either way.
+    #[arg(long, env = "IOTA_MAX_EVENTS", default_value_t = 1 << 20)]
     pub max_events: usize,
 
     /// Function spans exported per run: the calls open at a trap first, then the longest, with

@@ -122,6 +122,7 @@ struct Volume {
     dropped_events: u64,
     ignored_calls: u64,
     recorder_bytes: usize,
+    min_span_ns: u64,
 }
 
 /// One function's exact totals over a run, whatever spans were kept.
@@ -229,6 +230,7 @@ impl TraceRecord {
                 dropped_events: recorder.dropped_events(),
                 ignored_calls: recorder.ignored_calls(),
                 recorder_bytes: recorder.memory_bytes(),
+                min_span_ns: recorder.min_span_ns(),
             },
             calls,
             outside_grows,
@@ -303,6 +305,7 @@ impl TraceRecord {
             KeyValue::new("iota.calls.total", total_calls as i64),
             KeyValue::new("iota.calls.recorded", v.calls_logged as i64),
             KeyValue::new("iota.calls.short", v.short_calls as i64),
+            KeyValue::new("iota.span.min_ns", v.min_span_ns as i64),
             KeyValue::new("iota.spans.exported", self.calls.len() as i64),
             KeyValue::new(
                 "iota.spans.dropped",

@@ -1,13 +1,15 @@
 //! The hot path: what the `enter`/`exit`/`memory-grow` hooks do during a run.
 //!
 //! Each hook appends one 16-byte event to a vector: no lock, no name lookup, no wall-clock
-//! read. Near `max_events` the log stops taking new calls but always keeps the exits of the
-//! calls it logged, so it stays a consistent tree; a shadow stack keeps exact per-function
-//! aggregates (calls, total, self and max time) for the whole run either way.
-//! Calls shorter than a minimum duration leave the log when they return, so their time shows
-//! in their caller's self time; they still count in the aggregates.
-//! A guest may call the hooks itself: ids are bounded by the module's function count and the
-//! shadow stack by a fixed depth, so memory stays bounded whatever it does.
+//! read. A shadow stack keeps exact per-function aggregates (calls, total, self and max time)
+//! for the whole run, whatever the log keeps.
+//!
+//! The log holds at most `max_events`. Calls shorter than a minimum duration leave it when they
+//! return (their time shows in their caller's self time). When it fills, the shorter half of
+//! its finished calls leave and the minimum rises, so the log always holds the longest calls of
+//! the run so far. Room is always kept for the exits of logged calls, so it stays a consistent
+//! tree. A guest may call the hooks itself: ids are bounded by the module's function count and
+//! the shadow stack by a fixed depth, so memory stays bounded whatever it does.
 
 use std::sync::OnceLock;
 
@@ -77,7 +79,9 @@ pub struct Recorder {
     origin: u64,
     events: Vec<Event>,
     max_events: usize,
+    /// Calls shorter than this leave the log; raised when a full log is compacted.
     min_span_ns: u64,
+    can_compact: bool,
     dropped_events: u64,
     short_calls: u64,
     stack: Vec<Frame>,
@@ -98,6 +102,7 @@ impl Recorder {
             events: Vec::with_capacity(max_events.min(1 << 12)),
             max_events,
             min_span_ns,
+            can_compact: true,
             dropped_events: 0,
             short_calls: 0,
             stack: Vec::with_capacity(256),
@@ -133,7 +138,14 @@ impl Recorder {
         }
         let at = self.now();
         // An enter needs room for itself and its exit.
-        let logged = self.events.len() + self.logged_open + 2 <= self.max_events;
+        let mut logged = self.events.len() + self.logged_open + 2 <= self.max_events;
+        if !logged && self.can_compact {
+            self.compact();
+            logged = self.events.len() + self.logged_open + 2 <= self.max_events;
+        }
+        if logged && self.events.len() == self.events.capacity() {
+            self.grow_log();
+        }
         let log_index = if logged {
             self.events.len()
         } else {
@@ -188,6 +200,86 @@ impl Recorder {
         }
     }
 
+    /// Grows the log, never past `max_events`.
+    #[cold]
+    fn grow_log(&mut self) {
+        let room = self.max_events - self.events.len();
+        self.events
+            .reserve_exact(self.events.capacity().clamp(1, room.max(1)));
+    }
+
+    /// Makes room in a full log by raising the minimum span duration: the shorter half of the
+    /// finished calls leave the log (a callee is never longer than its caller, so no kept call
+    /// loses its caller), and from now on calls that short leave it when they return. Spans are
+    /// thus always the longest calls of the whole run. Gives up for the rest of the run when it
+    /// frees less than a quarter of the log (a log of open frames and memory growth).
+    #[cold]
+    fn compact(&mut self) {
+        // For an enter: when its call ended (OPEN if it has not); for an exit: its enter.
+        const OPEN: u64 = u64::MAX;
+        let mut aux = vec![OPEN; self.events.len()];
+        let mut open: Vec<usize> = Vec::new();
+        let mut durations = Vec::with_capacity(self.events.len() / 2);
+        for (i, event) in self.events.iter().enumerate() {
+            match event.kind {
+                EventKind::Enter => open.push(i),
+                EventKind::Exit => {
+                    let Some(depth) = open.iter().rposition(|&e| self.events[e].id == event.id)
+                    else {
+                        continue;
+                    };
+                    aux[i] = open[depth] as u64;
+                    for e in open.drain(depth..) {
+                        aux[e] = event.at;
+                        durations.push(event.at.saturating_sub(self.events[e].at));
+                    }
+                }
+                EventKind::MemoryGrow => {}
+            }
+        }
+        if durations.is_empty() {
+            self.can_compact = false;
+            return;
+        }
+        let half = durations.len() / 2;
+        let threshold = *durations.select_nth_unstable(half).1;
+        drop(durations);
+        let keep_enter = |i: usize| aux[i] == OPEN || aux[i] - self.events[i].at > threshold;
+        let keep: Vec<bool> = (0..self.events.len())
+            .map(|i| match self.events[i].kind {
+                EventKind::Enter => keep_enter(i),
+                EventKind::Exit => aux[i] == OPEN || keep_enter(aux[i] as usize),
+                EventKind::MemoryGrow => true,
+            })
+            .collect();
+        drop(aux);
+        let before = self.events.len();
+        let mut removed_calls = 0;
+        let mut frames = self.stack.iter_mut().filter(|f| f.log_index != NOT_LOGGED);
+        let mut next_open = frames.next();
+        let mut write = 0;
+        for (read, &kept) in keep.iter().enumerate() {
+            if !kept {
+                removed_calls += u64::from(self.events[read].kind == EventKind::Enter);
+                continue;
+            }
+            if let Some(frame) = next_open.as_deref_mut()
+                && frame.log_index == read
+            {
+                frame.log_index = write;
+                next_open = frames.next();
+            }
+            self.events[write] = self.events[read];
+            write += 1;
+        }
+        self.events.truncate(write);
+        self.short_calls += removed_calls;
+        self.min_span_ns = self.min_span_ns.max(threshold.saturating_add(1));
+        if before - write < self.max_events / 4 {
+            self.can_compact = false;
+        }
+    }
+
     /// The `memory-grow(pages)` hook.
     #[inline]
     pub fn memory_grow(&mut self, pages: u32) {
@@ -239,6 +331,11 @@ impl Recorder {
         self.dropped_events
     }
 
+    /// The minimum span duration in the end: the configured one, or higher if the log filled.
+    pub fn min_span_ns(&self) -> u64 {
+        self.min_span_ns
+    }
+
     /// Calls left out of the log for being shorter than the minimum span duration.
     pub fn short_calls(&self) -> u64 {
         self.short_calls
@@ -271,15 +368,17 @@ mod tests {
     }
 
     #[test]
-    fn aggregates_stay_exact_past_the_event_cap() {
+    fn aggregates_stay_exact_when_open_frames_fill_the_log() {
         let mut r = Recorder::new(4, 4, 0);
         r.enter(1);
+        r.enter(2);
+        // Two open frames and their reserved exits fill the log: nothing finished to compact.
         for _ in 0..10 {
-            r.enter(2);
-            r.exit(2);
+            r.enter(3);
+            r.exit(3);
         }
+        r.exit(2);
         r.exit(1);
-        // The log keeps enter(1), one enter/exit pair of 2 and the reserved exit(1).
         assert_eq!(
             ids(&r),
             [
@@ -289,11 +388,11 @@ mod tests {
                 (EventKind::Exit, 1)
             ]
         );
-        assert_eq!(r.dropped_events(), 18);
-        assert_eq!(r.aggregates()[2].calls, 10);
-        assert_eq!(r.aggregates()[1].calls, 1);
-        let a1 = r.aggregates()[1];
-        assert_eq!(a1.self_ns + r.aggregates()[2].total_ns, a1.total_ns);
+        assert_eq!(r.dropped_events(), 20);
+        assert_eq!(r.aggregates()[3].calls, 10);
+        let (a1, a2) = (r.aggregates()[1], r.aggregates()[2]);
+        assert_eq!(a1.self_ns + a2.total_ns, a1.total_ns);
+        assert_eq!(a2.self_ns + r.aggregates()[3].total_ns, a2.total_ns);
     }
 
     #[test]
@@ -318,6 +417,55 @@ mod tests {
             ]
         );
         assert_eq!(r.finish(0), 0);
+    }
+
+    #[test]
+    fn a_full_log_keeps_the_longest_calls_of_the_whole_run() {
+        let mut r = Recorder::new(3, 64, 0);
+        r.enter(0);
+        for i in 0..1000 {
+            r.enter(1);
+            r.exit(1);
+            if i == 900 {
+                r.enter(2);
+                let spin = std::time::Instant::now();
+                while spin.elapsed() < std::time::Duration::from_millis(2) {}
+                r.exit(2);
+            }
+        }
+        r.exit(0);
+        assert!(r.events().len() <= 64);
+        let logged: Vec<_> = r.events().iter().map(|e| (e.kind, e.id)).collect();
+        assert!(logged.contains(&(EventKind::Enter, 2)), "{logged:?}");
+        assert_eq!(logged.first(), Some(&(EventKind::Enter, 0)));
+        assert_eq!(logged.last(), Some(&(EventKind::Exit, 0)));
+        let enters = logged.iter().filter(|e| e.0 == EventKind::Enter).count();
+        let exits = logged.iter().filter(|e| e.0 == EventKind::Exit).count();
+        assert_eq!(enters, exits);
+        assert_eq!(r.dropped_events(), 0);
+        assert_eq!(r.short_calls() as usize + enters, 1002);
+        assert_eq!(r.aggregates()[1].calls, 1000);
+        assert!(r.min_span_ns() > 0);
+    }
+
+    #[test]
+    fn compaction_keeps_open_frames_and_their_exits() {
+        let mut r = Recorder::new(3, 16, 0);
+        r.enter(0);
+        r.enter(1);
+        for _ in 0..100 {
+            r.enter(2);
+            r.exit(2);
+        }
+        r.exit(1);
+        r.exit(0);
+        let logged = ids(&r);
+        assert_eq!(&logged[..2], [(EventKind::Enter, 0), (EventKind::Enter, 1)]);
+        assert_eq!(
+            &logged[logged.len() - 2..],
+            [(EventKind::Exit, 1), (EventKind::Exit, 0)]
+        );
+        assert_eq!(r.aggregates()[2].calls, 100);
     }
 
     #[test]

@@ -126,6 +126,11 @@ impl Server {
         response.json().unwrap()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server outright (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

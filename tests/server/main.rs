@@ -13,6 +13,7 @@ mod otlp;
 mod real;
 mod runs;
 mod store;
+mod volume;
 #[allow(dead_code)]
 #[path = "../common/wasi.rs"]
 mod wasi;
