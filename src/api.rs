@@ -538,6 +538,16 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
                 "Traces dropped on a full export queue.",
                 &s.dropped_traces,
             ),
+            (
+                "iota_otlp_metric_exports_total",
+                "Metric exports the collector accepted.",
+                &s.metric_exports,
+            ),
+            (
+                "iota_otlp_failed_metric_exports_total",
+                "Metric exports that failed.",
+                &s.failed_metric_exports,
+            ),
         ]);
     }
     let text: String = counters

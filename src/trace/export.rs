@@ -3,25 +3,32 @@
 //! traces, never a slower or failed run.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use opentelemetry::InstrumentationScope;
 use opentelemetry::trace::{SpanContext, Status, TraceFlags, TraceState};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::Temporality;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter as _;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
 use super::TraceRecord;
+use super::metrics::FunctionMetrics;
 use crate::config::OtlpProtocol;
 
 /// Traces waiting for export; past this, new ones are dropped.
 const QUEUE: usize = 1024;
 /// Spans sent per export call.
 const BATCH_SPANS: usize = 4096;
+/// How long shutdown keeps sending what is queued; a collector that hangs cannot hold the
+/// server longer than this plus one export timeout (`OTEL_EXPORTER_OTLP_TIMEOUT`).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Counters of the export pipeline.
 #[derive(Debug, Default)]
@@ -32,6 +39,10 @@ pub struct ExportStats {
     pub dropped_traces: AtomicU64,
     /// Spans in failed export calls.
     pub failed_spans: AtomicU64,
+    /// Metric exports the collector accepted.
+    pub metric_exports: AtomicU64,
+    /// Metric exports that failed.
+    pub failed_metric_exports: AtomicU64,
 }
 
 /// Sends traces to an OTLP collector from a background thread.
@@ -39,11 +50,15 @@ pub struct Exporter {
     queue: Option<SyncSender<Arc<TraceRecord>>>,
     worker: Option<JoinHandle<()>>,
     stats: Arc<ExportStats>,
+    stop_by: Arc<OnceLock<Instant>>,
 }
 
 impl Exporter {
     /// Connects an exporter to `endpoint` (also configured by the standard `OTEL_EXPORTER_OTLP_*`
-    /// variables: headers, timeout; the service name comes from `OTEL_SERVICE_NAME`).
+    /// variables: headers, timeout; the service name comes from `OTEL_SERVICE_NAME`). Per-function
+    /// metrics go to the same collector every `OTEL_METRIC_EXPORT_INTERVAL` milliseconds
+    /// (default 60000), cumulative unless `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`
+    /// is `delta`.
     ///
     /// # Errors
     ///
@@ -53,34 +68,63 @@ impl Exporter {
             .enable_all()
             .build()
             .context("starting the exporter runtime")?;
-        let mut exporter = runtime.block_on(async {
+        let temporality = temporality();
+        let (mut exporter, metric_exporter) = runtime.block_on(async {
             match protocol {
-                OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(http_traces_endpoint(endpoint))
-                    .build(),
-                OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint)
-                    .build(),
+                OtlpProtocol::HttpProtobuf => Ok::<_, anyhow::Error>((
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_endpoint(signal_endpoint(endpoint, "traces"))
+                        .build()?,
+                    opentelemetry_otlp::MetricExporter::builder()
+                        .with_http()
+                        .with_endpoint(signal_endpoint(endpoint, "metrics"))
+                        .with_temporality(temporality)
+                        .build()?,
+                )),
+                OtlpProtocol::Grpc => Ok((
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(endpoint)
+                        .build()?,
+                    opentelemetry_otlp::MetricExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(endpoint)
+                        .with_temporality(temporality)
+                        .build()?,
+                )),
             }
         })?;
         let resource = Resource::builder()
             .with_service_name(service_name())
             .build();
         exporter.set_resource(&resource);
+        let metrics = FunctionMetrics::new(resource, temporality);
         let stats = Arc::new(ExportStats::default());
         let (queue, traces) = mpsc::sync_channel(QUEUE);
         let worker_stats = stats.clone();
+        let stop_by = Arc::new(OnceLock::new());
+        let worker_stop_by = stop_by.clone();
         let worker = std::thread::Builder::new()
             .name("iota-otlp-export".into())
             .spawn(move || {
-                runtime.block_on(export_loop(exporter, traces, &worker_stats));
+                runtime.block_on(export_loop(
+                    Sinks {
+                        spans: exporter,
+                        metrics: metric_exporter,
+                        function_metrics: metrics,
+                        metrics_interval: metrics_interval(),
+                    },
+                    traces,
+                    &worker_stats,
+                    &worker_stop_by,
+                ));
             })?;
         Ok(Exporter {
             queue: Some(queue),
             worker: Some(worker),
             stats,
+            stop_by,
         })
     }
 
@@ -99,8 +143,9 @@ impl Exporter {
         &self.stats
     }
 
-    /// Sends what is queued and stops the thread.
+    /// Sends what is queued (for at most [`SHUTDOWN_GRACE`]) and stops the thread.
     pub fn shutdown(&mut self) {
+        let _ = self.stop_by.set(Instant::now() + SHUTDOWN_GRACE);
         self.queue.take();
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
@@ -122,42 +167,117 @@ fn service_name() -> String {
         .unwrap_or_else(|| "iota".into())
 }
 
-/// The OTLP/HTTP base endpoint gets the signal path, as the specification asks.
-fn http_traces_endpoint(endpoint: &str) -> String {
-    if endpoint.ends_with("/v1/traces") {
-        endpoint.to_string()
-    } else {
-        format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+/// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds), else one minute.
+fn metrics_interval() -> Duration {
+    std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(Duration::from_secs(60), Duration::from_millis)
+}
+
+/// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: `delta`, else cumulative.
+fn temporality() -> Temporality {
+    match std::env::var("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE") {
+        Ok(v) if v.eq_ignore_ascii_case("delta") => Temporality::Delta,
+        _ => Temporality::Cumulative,
     }
 }
 
+/// The OTLP/HTTP base endpoint gets the signal path (`traces`, `metrics`), as the
+/// specification asks; an endpoint that already names a signal path is kept.
+fn signal_endpoint(endpoint: &str, signal: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    let base = base
+        .strip_suffix("/v1/traces")
+        .or_else(|| base.strip_suffix("/v1/metrics"))
+        .unwrap_or(base);
+    format!("{base}/v1/{signal}")
+}
+
+/// Where the export thread sends things.
+struct Sinks {
+    spans: opentelemetry_otlp::SpanExporter,
+    metrics: opentelemetry_otlp::MetricExporter,
+    function_metrics: FunctionMetrics,
+    metrics_interval: Duration,
+}
+
 async fn export_loop(
-    exporter: opentelemetry_otlp::SpanExporter,
+    mut sinks: Sinks,
     traces: Receiver<Arc<TraceRecord>>,
     stats: &ExportStats,
+    stop_by: &OnceLock<Instant>,
 ) {
     // Blocks between batches: this thread and its runtime exist only for the exporter.
-    while let Ok(trace) = traces.recv() {
-        let mut spans = span_data(&trace);
-        while spans.len() < BATCH_SPANS
-            && let Ok(trace) = traces.try_recv()
-        {
-            spans.extend(span_data(&trace));
+    let mut next_metrics = Instant::now() + sinks.metrics_interval;
+    loop {
+        if stop_by.get().is_some_and(|t| Instant::now() >= *t) {
+            let left = traces.try_iter().count() as u64;
+            stats.dropped_traces.fetch_add(left, Ordering::Relaxed);
+            tracing::warn!(
+                traces = left,
+                "collector too slow: traces dropped at shutdown"
+            );
+            break;
         }
-        while !spans.is_empty() {
-            let rest = spans.split_off(spans.len().min(BATCH_SPANS));
-            let batch = std::mem::replace(&mut spans, rest);
-            let count = batch.len() as u64;
-            match exporter.export(batch).await {
-                Ok(()) => stats.exported_spans.fetch_add(count, Ordering::Relaxed),
-                Err(err) => {
-                    tracing::warn!(%err, spans = count, "OTLP export failed");
-                    stats.failed_spans.fetch_add(count, Ordering::Relaxed)
+        let wait = next_metrics.saturating_duration_since(Instant::now());
+        match traces.recv_timeout(wait) {
+            Ok(trace) => {
+                sinks.function_metrics.record(&trace);
+                let mut spans = span_data(&trace);
+                while spans.len() < BATCH_SPANS
+                    && let Ok(trace) = traces.try_recv()
+                {
+                    sinks.function_metrics.record(&trace);
+                    spans.extend(span_data(&trace));
                 }
-            };
+                export_spans(&sinks.spans, spans, stats).await;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() >= next_metrics {
+            export_metrics(&mut sinks, stats).await;
+            next_metrics = Instant::now() + sinks.metrics_interval;
         }
     }
-    let _ = exporter.shutdown();
+    export_metrics(&mut sinks, stats).await;
+    let _ = sinks.spans.shutdown();
+    let _ = sinks.metrics.shutdown();
+    sinks.function_metrics.shutdown();
+}
+
+async fn export_spans(
+    exporter: &opentelemetry_otlp::SpanExporter,
+    mut spans: Vec<SpanData>,
+    stats: &ExportStats,
+) {
+    while !spans.is_empty() {
+        let rest = spans.split_off(spans.len().min(BATCH_SPANS));
+        let batch = std::mem::replace(&mut spans, rest);
+        let count = batch.len() as u64;
+        match exporter.export(batch).await {
+            Ok(()) => stats.exported_spans.fetch_add(count, Ordering::Relaxed),
+            Err(err) => {
+                tracing::warn!(%err, spans = count, "OTLP export failed");
+                stats.failed_spans.fetch_add(count, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+async fn export_metrics(sinks: &mut Sinks, stats: &ExportStats) {
+    let Some(metrics) = sinks.function_metrics.collect() else {
+        return;
+    };
+    match sinks.metrics.export(&metrics).await {
+        Ok(()) => stats.metric_exports.fetch_add(1, Ordering::Relaxed),
+        Err(err) => {
+            tracing::warn!(%err, "OTLP metrics export failed");
+            stats.failed_metric_exports.fetch_add(1, Ordering::Relaxed)
+        }
+    };
 }
 
 /// The OTLP form of a trace's spans.

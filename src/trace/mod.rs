@@ -1,6 +1,7 @@
 //! Traces of runs: recording (hot path), the call tree, spans, export and the recent-trace buffer.
 
 pub mod export;
+pub mod metrics;
 pub mod recent;
 pub mod recorder;
 pub mod tree;
@@ -243,6 +244,21 @@ impl TraceRecord {
         self.calls.len() + 2
     }
 
+    /// Function names by hook id.
+    pub fn names(&self) -> &Arc<[Option<String>]> {
+        &self.names
+    }
+
+    /// How the run ended.
+    pub fn ending(&self) -> &Ending {
+        &self.ending
+    }
+
+    /// Exact totals of each called function, by hook id.
+    pub fn function_totals(&self) -> impl Iterator<Item = (u32, Aggregate)> + '_ {
+        self.aggregates.iter().copied()
+    }
+
     /// Whether the request span's parent came from the caller's `traceparent`.
     pub fn has_remote_parent(&self) -> bool {
         self.remote_parent.is_some()
@@ -392,6 +408,7 @@ fn derived_span_id(run_span: SpanId, index: usize) -> SpanId {
     SpanId::from_bytes((z ^ (z >> 31)).max(1).to_be_bytes())
 }
 
+/// The name of function `id`, or `wasm-function[id]`.
 fn function_name(names: &[Option<String>], id: u32) -> String {
     names
         .get(id as usize)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Server, data_dir, fixture, trace_id_of};
 
-/// A rotel agent printing every span it receives.
+/// A rotel agent printing every span and metric it receives.
 struct Receiver {
     child: Child,
     grpc: String,
@@ -40,6 +40,8 @@ impl Receiver {
                 "blackhole",
                 "--debug-log",
                 "traces",
+                "--debug-log",
+                "metrics",
                 "--debug-log-verbosity",
                 "detailed",
             ])
@@ -158,6 +160,90 @@ fn parse_spans(output: &str) -> Vec<ReceivedSpan> {
     }
     spans.extend(current);
     spans
+}
+
+/// Data points rotel printed: (metric name, attributes joined, value).
+fn metric_points(output: &str) -> Vec<(String, String, String)> {
+    let mut points = Vec::new();
+    let (mut metric, mut attributes) = (String::new(), String::new());
+    for line in output.lines() {
+        let trimmed = line.trim();
+        if let Some(name) = trimmed.strip_prefix("-> Name: ") {
+            metric = name.to_string();
+        } else if trimmed.starts_with("NumberDataPoints #") {
+            attributes.clear();
+        } else if let Some(attribute) = trimmed.strip_prefix("-> ") {
+            attributes.push_str(attribute);
+            attributes.push(';');
+        } else if let Some(value) = trimmed.strip_prefix("Value: ") {
+            points.push((metric.clone(), attributes.clone(), value.to_string()));
+        }
+    }
+    points
+}
+
+fn exports_function_metrics(protocol: &str) {
+    let receiver = Receiver::start();
+    let endpoint = match protocol {
+        "grpc" => format!("http://{}", receiver.grpc),
+        _ => format!("http://{}", receiver.http),
+    };
+    let server = Server::start(
+        &data_dir(&format!("otlp-metrics-{}", protocol.replace('/', "-"))),
+        &["--otlp-endpoint", &endpoint, "--otlp-protocol", protocol],
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "200")],
+    );
+    server.upload_ok("fib", &fixture("fib.wasm"));
+    for _ in 0..3 {
+        assert_eq!(server.run("name=fib", "10").status(), 200);
+    }
+    // A Rust panic traps.
+    assert_eq!(server.run("name=fib", "x").status(), 500);
+    // Cumulative sums: three runs of fib(10), 177 calls each, whatever the export batching.
+    let fib_calls = |out: &str| {
+        metric_points(out)
+            .into_iter()
+            .any(|(metric, attributes, value)| {
+                metric == "iota.function.calls"
+                    && attributes.contains("iota.module: Str(fib)")
+                    && attributes.contains("fib::fib")
+                    && value == "531"
+            })
+    };
+    receiver.wait_for(fib_calls, "iota.function.calls of fib::fib = 3 x 177");
+    let points = metric_points(&receiver.output.lock().unwrap());
+    for metric in [
+        "iota.function.duration",
+        "iota.function.self_time",
+        "iota.function.max_duration",
+    ] {
+        let value: f64 = points
+            .iter()
+            .rfind(|(m, a, _)| m == metric && a.contains("fib::fib"))
+            .unwrap_or_else(|| panic!("no {metric}"))
+            .2
+            .parse()
+            .unwrap();
+        assert!(value > 0.0 && value < 60.0, "{metric} = {value}");
+    }
+    let outcomes = |outcome: &str| {
+        points.iter().any(|(m, a, _)| {
+            m == "iota.runs" && a.contains(&format!("iota.run.outcome: Str({outcome})"))
+        })
+    };
+    assert!(outcomes("ok") && outcomes("trap"), "runs by outcome");
+}
+
+#[test]
+#[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
+fn function_metrics_reach_a_real_collector_over_http() {
+    exports_function_metrics("http/protobuf");
+}
+
+#[test]
+#[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
+fn function_metrics_reach_a_real_collector_over_grpc() {
+    exports_function_metrics("grpc");
 }
 
 fn exports_nested_function_spans(protocol: &str) {
@@ -294,4 +380,50 @@ fn collector_down_never_fails_a_run() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn hanging_collector_never_slows_a_run_or_blocks_shutdown() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.extend(stream.ok());
+        }
+    });
+    let server = Server::start(
+        &data_dir("otlp-hanging"),
+        &["--otlp-endpoint", &format!("http://127.0.0.1:{port}")],
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")],
+    );
+    server.upload_ok("count_vowels", &fixture("count_vowels.wasm"));
+    // Enough spans for seven export calls: without a shutdown deadline, 14 s of timeouts.
+    let started = Instant::now();
+    for _ in 0..300 {
+        let response = server.run("name=count_vowels", "Hello, world!");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().unwrap(), "3\n");
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "300 runs took {elapsed:?}"
+    );
+    assert_eq!(server.get("/healthz").status(), 200);
+    assert_eq!(server.get("/modules/count_vowels").status(), 200);
+    // Shutdown gives up on the collector: a 5 s grace period, plus the export calls already
+    // under way (2 s each here).
+    let stopping = Instant::now();
+    let status = server.stop_within(Duration::from_secs(20));
+    let stopped = stopping.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "no clean exit after {stopped:?}: {status:?}"
+    );
+    assert!(
+        stopped < Duration::from_secs(12),
+        "stopping took {stopped:?}"
+    );
 }

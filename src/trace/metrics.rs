@@ -1,0 +1,203 @@
+//! Per-function totals of runs as OTLP metrics.
+//!
+//! The export thread adds each run's exact totals into plain maps keyed by module and function
+//! id (integer adds, no allocation), and at each collection hands the sums to OpenTelemetry
+//! instruments, which the same thread exports next to the spans. Instruments, all with the
+//! attributes `iota.module` and `code.function.name`:
+//! - `iota.function.calls` (counter): completed calls;
+//! - `iota.function.duration` (counter, seconds): time inside, callees included;
+//! - `iota.function.self_time` (counter, seconds): time inside, callees excluded;
+//! - `iota.function.max_duration` (gauge, seconds): the longest call since the last collection.
+//!
+//! and `iota.runs` (counter, by `iota.module` and `iota.run.outcome`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Gauge, MeterProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::reader::MetricReader;
+use opentelemetry_sdk::metrics::{
+    InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
+};
+
+use super::recorder::Aggregate;
+use super::{Ending, TraceRecord};
+
+/// Run totals waiting for the next collection, and the instruments they feed.
+pub struct FunctionMetrics {
+    provider: SdkMeterProvider,
+    reader: Arc<ManualReader>,
+    pending: HashMap<usize, ModuleTotals>,
+    calls: Counter<u64>,
+    duration: Counter<f64>,
+    self_time: Counter<f64>,
+    max_duration: Gauge<f64>,
+    runs: Counter<u64>,
+}
+
+/// One module version's totals since the last collection.
+struct ModuleTotals {
+    module: String,
+    names: Arc<[Option<String>]>,
+    functions: HashMap<u32, Aggregate>,
+    runs: HashMap<&'static str, u64>,
+}
+
+impl FunctionMetrics {
+    /// Instruments reporting under `resource`, with the given temporality.
+    pub fn new(resource: Resource, temporality: Temporality) -> Self {
+        let reader = Arc::new(
+            ManualReader::builder()
+                .with_temporality(temporality)
+                .build(),
+        );
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(SharedReader(reader.clone()))
+            .build();
+        let meter = provider.meter_with_scope(
+            opentelemetry::InstrumentationScope::builder("iota")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        );
+        FunctionMetrics {
+            calls: meter
+                .u64_counter("iota.function.calls")
+                .with_description("Completed calls of a wasm function")
+                .with_unit("{call}")
+                .build(),
+            duration: meter
+                .f64_counter("iota.function.duration")
+                .with_description("Time inside a wasm function, callees included")
+                .with_unit("s")
+                .build(),
+            self_time: meter
+                .f64_counter("iota.function.self_time")
+                .with_description("Time inside a wasm function, callees excluded")
+                .with_unit("s")
+                .build(),
+            max_duration: meter
+                .f64_gauge("iota.function.max_duration")
+                .with_description("Longest call of a wasm function since the last export")
+                .with_unit("s")
+                .build(),
+            runs: meter
+                .u64_counter("iota.runs")
+                .with_description("Runs of a module, by outcome")
+                .with_unit("{run}")
+                .build(),
+            provider,
+            reader,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Adds a run's totals.
+    pub fn record(&mut self, trace: &TraceRecord) {
+        let names = trace.names();
+        let totals = self
+            .pending
+            .entry(Arc::as_ptr(names).cast::<u8>() as usize)
+            .or_insert_with(|| ModuleTotals {
+                module: trace.module.clone(),
+                names: names.clone(),
+                functions: HashMap::new(),
+                runs: HashMap::new(),
+            });
+        *totals.runs.entry(outcome(trace.ending())).or_default() += 1;
+        for (id, run) in trace.function_totals() {
+            let sum = totals.functions.entry(id).or_default();
+            sum.calls += run.calls;
+            sum.total_ns += run.total_ns;
+            sum.self_ns += run.self_ns;
+            sum.max_ns = sum.max_ns.max(run.max_ns);
+        }
+    }
+
+    /// Moves the pending totals into the instruments and collects them for export; `None` when
+    /// no run happened since the last collection.
+    pub fn collect(&mut self) -> Option<ResourceMetrics> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        for totals in std::mem::take(&mut self.pending).into_values() {
+            let module = KeyValue::new("iota.module", totals.module.clone());
+            for (outcome, runs) in &totals.runs {
+                self.runs.add(
+                    *runs,
+                    &[module.clone(), KeyValue::new("iota.run.outcome", *outcome)],
+                );
+            }
+            for (id, sum) in &totals.functions {
+                let attributes = [
+                    module.clone(),
+                    KeyValue::new(
+                        "code.function.name",
+                        super::function_name(&totals.names, *id),
+                    ),
+                ];
+                self.calls.add(sum.calls, &attributes);
+                self.duration.add(seconds(sum.total_ns), &attributes);
+                self.self_time.add(seconds(sum.self_ns), &attributes);
+                self.max_duration.record(seconds(sum.max_ns), &attributes);
+            }
+        }
+        let mut metrics = ResourceMetrics::default();
+        match self.reader.collect(&mut metrics) {
+            Ok(()) => Some(metrics),
+            Err(err) => {
+                tracing::warn!(%err, "collecting metrics failed");
+                None
+            }
+        }
+    }
+
+    /// Stops the instruments.
+    pub fn shutdown(&self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+fn seconds(ns: u64) -> f64 {
+    Duration::from_nanos(ns).as_secs_f64()
+}
+
+fn outcome(ending: &Ending) -> &'static str {
+    match ending {
+        Ending::Exit(0) => "ok",
+        Ending::Exit(_) => "exit",
+        Ending::Trap { .. } => "trap",
+        Ending::Timeout => "timeout",
+    }
+}
+
+/// Lets the provider own the reader while the export thread collects from it.
+#[derive(Debug)]
+struct SharedReader(Arc<ManualReader>);
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+        self.0.register_pipeline(pipeline);
+    }
+
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(rm)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        self.0.temporality(kind)
+    }
+}
