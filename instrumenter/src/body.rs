@@ -37,12 +37,13 @@ pub(crate) struct BodyPlan {
 }
 
 /// Appends the rewritten body of `body` (locals and code, without the size prefix) to `out`.
+/// Returns whether the body uses legacy exception handling (`try`, `catch`, `delegate`...).
 pub(crate) fn rewrite(
     rw: &Rewriter<'_, '_>,
     plan: &BodyPlan,
     body: &FunctionBody<'_>,
     out: &mut Vec<u8>,
-) -> Result<()> {
+) -> Result<bool> {
     let wasm = rw.wasm;
     let mut locals = body.get_locals_reader()?;
     let groups = locals.get_count();
@@ -71,6 +72,7 @@ pub(crate) fn rewrite(
     let mut depth: u32 = 0;
     let mut scratch_needed = Scratch::None;
     let mut finished = false;
+    let mut legacy_exceptions = false;
     while !ops.eof() {
         let at = ops.original_position() as usize;
         let op = ops.read()?;
@@ -80,9 +82,15 @@ pub(crate) fn rewrite(
             Operator::Block { .. }
             | Operator::Loop { .. }
             | Operator::If { .. }
-            | Operator::Try { .. }
             | Operator::TryTable { .. } => depth += 1,
+            Operator::Try { .. } => {
+                depth += 1;
+                legacy_exceptions = true;
+            }
             Operator::Delegate { .. } => depth -= 1,
+            Operator::Catch { .. } | Operator::CatchAll | Operator::Rethrow { .. } => {
+                legacy_exceptions = true;
+            }
             Operator::End if depth > 0 => depth -= 1,
             Operator::End => {
                 flush(&mut code);
@@ -166,7 +174,7 @@ pub(crate) fn rewrite(
         ty.encode(out);
     }
     out.extend_from_slice(&code);
-    Ok(())
+    Ok(legacy_exceptions)
 }
 
 /// Scratch locals a body needs to pass the `memory.grow` delta to the hook.

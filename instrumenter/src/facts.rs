@@ -1,6 +1,6 @@
 //! A cheap first pass over the module: the facts the rewrite needs before it starts.
 
-use wasmparser::{ExternalKind, KnownCustom, Name, Operator, Parser, Payload, TypeRef, ValType};
+use wasmparser::{ExternalKind, KnownCustom, Name, Parser, Payload, TypeRef, ValType};
 
 use crate::abi;
 use crate::error::{Error, ErrorKind, Result};
@@ -25,7 +25,6 @@ pub(crate) struct ModuleFacts<'a> {
     /// The module imports or defines exception tags.
     pub has_tags: bool,
     /// The module uses legacy exception handling (`try`/`catch`/`delegate`/`rethrow`).
-    pub legacy_exceptions: bool,
     /// The module already reports to enter/exit hooks or carries the marker section.
     pub already_instrumented: bool,
     /// `name`-section names of defined functions, by defined index.
@@ -101,9 +100,6 @@ impl<'a> ModuleFacts<'a> {
                         }
                     }
                 }
-                Payload::CodeSectionEntry(body) if facts.has_tags && !facts.legacy_exceptions => {
-                    facts.legacy_exceptions = uses_legacy_exceptions(&body)?;
-                }
                 Payload::CustomSection(section) => {
                     if section.name() == abi::MARKER_SECTION {
                         facts.already_instrumented = true;
@@ -144,22 +140,6 @@ impl<'a> ModuleFacts<'a> {
     }
 }
 
-fn uses_legacy_exceptions(body: &wasmparser::FunctionBody<'_>) -> Result<bool> {
-    let mut ops = body.get_operators_reader()?;
-    while !ops.eof() {
-        if let Operator::Try { .. }
-        | Operator::Catch { .. }
-        | Operator::CatchAll
-        | Operator::Delegate { .. }
-        | Operator::Rethrow { .. } = ops.read()?
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// See [`crate::is_instrumented`]: reads only imports and custom sections.
 pub(crate) fn is_instrumented(wasm: &[u8]) -> Result<bool> {
     let mut parser = Parser::new(0);
     let mut rest = wasm;

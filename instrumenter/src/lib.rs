@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod abi;
+mod bodies;
 mod body;
 mod error;
 mod facts;
@@ -38,7 +39,7 @@ pub use names::{FunctionEntry, demangle, fallback_name};
 pub use options::{IfInstrumented, Options};
 
 use wasm_encoder::reencode::Reencode;
-use wasmparser::{Parser, Validator, WasmFeatures};
+use wasmparser::Parser;
 
 use facts::ModuleFacts;
 use options::Selector;
@@ -71,10 +72,11 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
     if Parser::is_component(wasm) {
         return Err(Error::new(ErrorKind::Component).at(0));
     }
-    Validator::new_with_features(WasmFeatures::all()).validate_all(wasm)?;
+    let pending = bodies::validate_module(wasm)?;
     let facts = ModuleFacts::gather(wasm)?;
 
     if facts.already_instrumented {
+        bodies::validate_bodies(pending)?;
         return match options.instrumented_policy() {
             IfInstrumented::Fail => Err(Error::new(ErrorKind::AlreadyInstrumented)),
             IfInstrumented::PassThrough => Ok(Instrumented {
@@ -88,6 +90,17 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
     let functions = function_map(&facts, &selector, abi::HOOKS.len() as u32);
     let selected = functions.iter().map(|f| f.instrumented).collect();
     let mut rewriter = rewrite::Rewriter::new(wasm, &facts, selected, options.keeps_debug())?;
+    // Bodies are rewritten for standard exception handling; a module that turns out to use the
+    // legacy instructions gets them rewritten again in its own style.
+    let originals = rewriter
+        .may_throw()
+        .then(|| bodies::function_bodies(&pending));
+    let (mut rewritten, legacy) = bodies::rewrite_bodies(&rewriter, pending)?;
+    if legacy && let Some(originals) = originals {
+        rewriter.use_legacy_exceptions();
+        rewritten = bodies::rewrite_validated(&rewriter, &originals)?;
+    }
+    rewriter.set_bodies(rewritten);
     let mut module = wasm_encoder::Module::new();
     rewriter.parse_core_module(&mut module, Parser::new(0), wasm)?;
     Ok(Instrumented {

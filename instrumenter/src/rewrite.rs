@@ -26,7 +26,8 @@ pub(crate) struct Rewriter<'a, 'f> {
     keep_debug: bool,
     types_written: bool,
     imports_written: bool,
-    next_body: usize,
+    /// Rewritten bodies, emitted in order by the code section.
+    bodies: std::vec::IntoIter<Vec<u8>>,
 }
 
 impl<'a, 'f> Rewriter<'a, 'f> {
@@ -54,10 +55,10 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             };
             wrapper_block_types.push(block);
         }
-        let exceptions = match (facts.has_tags, facts.legacy_exceptions) {
-            (false, _) => ExceptionStyle::None,
-            (true, false) => ExceptionStyle::Standard,
-            (true, true) => ExceptionStyle::Legacy,
+        let exceptions = if facts.has_tags {
+            ExceptionStyle::Standard
+        } else {
+            ExceptionStyle::None
         };
         Ok(Rewriter {
             wasm,
@@ -70,7 +71,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             keep_debug,
             types_written: false,
             imports_written: false,
-            next_body: 0,
+            bodies: Vec::new().into_iter(),
         })
     }
 
@@ -108,7 +109,24 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         self.imports_written = true;
     }
 
-    fn plan_for(&self, slot: usize) -> BodyPlan {
+    /// Whether a body may throw, so exits need a handler.
+    pub(crate) fn may_throw(&self) -> bool {
+        self.exceptions != ExceptionStyle::None
+    }
+
+    /// Handles escaping exceptions with legacy `try`/`catch_all`, for modules that use it
+    /// (mixing it with `try_table` in one module is not valid for every engine).
+    pub(crate) fn use_legacy_exceptions(&mut self) {
+        self.exceptions = ExceptionStyle::Legacy;
+    }
+
+    /// The rewritten bodies the code section will hold, in order.
+    pub(crate) fn set_bodies(&mut self, bodies: Vec<Vec<u8>>) {
+        self.bodies = bodies.into_iter();
+    }
+
+    /// What to do with defined function `slot`.
+    pub(crate) fn plan_for(&self, slot: usize) -> BodyPlan {
         let index = self.facts.imported_funcs + slot as u32;
         let ty = self.facts.defined_types[slot] as usize;
         let sig = self.facts.types[ty]
@@ -192,15 +210,13 @@ impl Reencode for Rewriter<'_, '_> {
         code: &mut wasm_encoder::CodeSection,
         section: wasmparser::CodeSectionReader<'_>,
     ) -> ReencodeResult<()> {
-        let mut out = Vec::new();
-        for body in section {
-            let body = body?;
-            let plan = self.plan_for(self.next_body);
-            self.next_body += 1;
-            out.clear();
-            crate::body::rewrite(self, &plan, &body, &mut out)
-                .map_err(|e| reencode::Error::UserError(e.in_function(plan.original_index)))?;
-            code.raw(&out);
+        for _ in 0..section.count() {
+            let body = self.bodies.next().ok_or_else(|| {
+                reencode::Error::UserError(Error::new(crate::error::ErrorKind::Invalid(
+                    "more bodies than rewritten".into(),
+                )))
+            })?;
+            code.raw(&body);
         }
         Ok(())
     }
