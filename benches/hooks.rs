@@ -6,8 +6,10 @@
 //! - `two empty host calls`: the uninstrumented guest whose leaf calls an empty host function on
 //!   entry and on exit: the floor for any host-side tracing of the same calls.
 //!
-//! Per-call overhead = (variant − uninstrumented) / N. Two densities: an empty leaf, and a leaf
-//! doing a 100-iteration loop, to show how the overhead shrinks as work per call grows.
+//! Per-call overhead = (variant − uninstrumented) / N, at three densities: an empty leaf, and
+//! leaves doing 100- and 1000-iteration loops, to show how the overhead shrinks as the work per
+//! call grows. A last group runs recursive fib(25) (242,785 calls, almost no work in each), the
+//! densest calls real code makes.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use iota::runtime::link_hooks;
@@ -86,7 +88,7 @@ fn variants(engine: &Engine) -> Vec<Variant> {
 fn traced_call_cost(c: &mut Criterion) {
     let engine = Engine::default();
     let variants = variants(&engine);
-    for work in [0, 100] {
+    for work in [0, 100, 1000] {
         let mut group = c.benchmark_group(format!("calls/leaf work {work}"));
         group.throughput(Throughput::Elements(CALLS as u64));
         for variant in &variants {
@@ -94,7 +96,7 @@ fn traced_call_cost(c: &mut Criterion) {
             group.bench_function(BenchmarkId::from_parameter(variant.name), |b| {
                 b.iter(|| {
                     let mut store =
-                        Store::new(&engine, Recorder::new(variant.functions, 2_000_000, 0));
+                        Store::new(&engine, Recorder::new(variant.functions, 1 << 20, 0));
                     let instance = pre.instantiate(&mut store).unwrap();
                     let run = instance
                         .get_typed_func::<(i32, i32), ()>(&mut store, "run")
@@ -108,5 +110,53 @@ fn traced_call_cost(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, traced_call_cost);
+const FIB_N: i32 = 25;
+/// Calls fib(25) makes: 2·fib(26) − 1.
+const FIB_CALLS: u64 = 242_785;
+
+fn fib_guest() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+          (func $fib (param $n i32) (result i32)
+            (if (result i32) (i32.lt_u (local.get $n) (i32.const 2))
+              (then (local.get $n))
+              (else (i32.add
+                (call $fib (i32.sub (local.get $n) (i32.const 1)))
+                (call $fib (i32.sub (local.get $n) (i32.const 2)))))))
+          (func (export "fib") (param $n i32) (result i32) (call $fib (local.get $n))))"#,
+    )
+    .unwrap()
+}
+
+fn recursive_fib(c: &mut Criterion) {
+    let engine = Engine::default();
+    let plain = fib_guest();
+    let traced = iota_instrument::instrument(&plain, &iota_instrument::Options::new()).unwrap();
+    let mut hooks = Linker::new(&engine);
+    link_hooks(&mut hooks, |r: &mut Recorder| r).unwrap();
+    let mut group = c.benchmark_group(format!("calls/fib({FIB_N})"));
+    group.throughput(Throughput::Elements(FIB_CALLS));
+    for (name, wasm, linker) in [
+        ("uninstrumented", plain, Linker::new(&engine)),
+        ("iota hooks", traced.wasm, hooks),
+    ] {
+        let pre = linker
+            .instantiate_pre(&Module::new(&engine, wasm).unwrap())
+            .unwrap();
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                let mut store = Store::new(&engine, Recorder::new(4, 1 << 20, 0));
+                let instance = pre.instantiate(&mut store).unwrap();
+                let fib = instance
+                    .get_typed_func::<i32, i32>(&mut store, "fib")
+                    .unwrap();
+                assert_eq!(fib.call(&mut store, FIB_N).unwrap(), 75_025);
+                store.into_data()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, traced_call_cost, recursive_fib);
 criterion_main!(benches);

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The server's figures, side by side on one machine (BENCHMARKS.md reports them):
+#   p3    /run of count_vowels over HTTP with wrk, traced and untraced, rounds alternating
+#   p4    one run of fib(33), 11.4M calls: time traced and untraced, trace memory, peak RSS
+#   p5    restart with 100 stored modules: time until the server listens, against a first start
+#   soak  60 s of /run at saturation: errors, latency percentiles, RSS every 5 s
+# Usage: scripts/bench-server.sh [p3|p4|p5|soak|all] (default all). wrk comes from Debian.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+if ! command -v wrk >/dev/null; then
+  apt-get install -y -qq wrk >/dev/null
+fi
+cargo build --release --quiet --bin iota
+bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/iota"
+work=$(mktemp -d)
+pid=
+stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi; }
+trap 'stop; rm -rf "$work"' EXIT
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%F)"
+
+# start DATA_DIR [flags...]: starts the server; sets $pid, $url and $ready (seconds until it
+# listened).
+start() {
+  local data=$1
+  shift
+  local t0
+  t0=$(date +%s.%N)
+  "$bin" serve --addr 127.0.0.1:0 --data-dir "$data" "$@" >"$work/out" 2>"$work/err" &
+  pid=$!
+  for _ in $(seq 600); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.005; done
+  url=$(grep listening "$work/out" | grep -o 'http://[0-9.:]*')
+  ready=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.3f}')")
+}
+rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
+peak_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
+upload() { curl -sf -F "wasm=@$2" "$url/upload?name=$1$3" >/dev/null; }
+printf 'wrk.method = "POST"\nwrk.body = "Hello, world!"\n' >"$work/post.lua"
+
+# wrk_line MODE SECONDS CONNECTIONS: one measurement as a table row.
+wrk_line() {
+  local out rps p50 p99 errors
+  out=$(wrk -t2 -c"$3" -d"$2s" --latency -s "$work/post.lua" "$url/run?name=$1")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  errors=$(awk '/Non-2xx/ {n += $5} /Socket errors/ {n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out" | tr -d ',')
+  printf '%-9s %10s %9s %9s %7s' "$1" "$rps" "$p50" "$p99" "$errors"
+}
+
+p3() {
+  echo "## P3: /run count_vowels, wrk -t2 -c16, 10 s per measurement, server and wrk on the same cores"
+  start "$work/p3"
+  upload traced fixtures/wasm/count_vowels.wasm ""
+  upload untraced fixtures/wasm/count_vowels.wasm "&instrument=false"
+  printf '%-9s %10s %9s %9s %7s\n' mode req/s p50 p99 errors
+  for round in 1 2; do
+    for mode in untraced traced; do
+      echo "$(wrk_line "$mode" 10 16)   (round $round)"
+    done
+  done
+  stop
+}
+
+p4() {
+  echo "## P4: one run of fib(33): 11,405,773 calls"
+  start "$work/p4"
+  upload fib fixtures/wasm/fib.wasm ""
+  upload fib-untraced fixtures/wasm/fib.wasm "&instrument=false"
+  local before t0 t1 headers trace_id
+  curl -sf -X POST --data 33 "$url/run?name=fib-untraced" >/dev/null
+  before=$(peak_mib)
+  t0=$(date +%s.%N)
+  curl -sf -X POST --data 33 "$url/run?name=fib-untraced" >/dev/null
+  t1=$(date +%s.%N)
+  echo "untraced run: $(python3 -c "print(f'{$t1 - $t0:.3f}')") s"
+  t0=$(date +%s.%N)
+  headers=$(curl -sf -D - -o /dev/null -X POST --data 33 "$url/run?name=fib")
+  t1=$(date +%s.%N)
+  trace_id=$(awk 'tolower($1) == "x-iota-trace-id:" {print $2}' <<<"$headers" | tr -d '\r')
+  echo "traced run:   $(python3 -c "print(f'{$t1 - $t0:.3f}')") s"
+  echo "server peak RSS: $before MiB before the traced run, $(peak_mib) MiB after"
+  curl -sf "$url/traces/$trace_id" | python3 -c '
+import json, sys
+t = json.load(sys.stdin)
+run = t["spans"][1]["attributes"]
+fib = next(f for f in t["functions"] if "fib::fib" in f["name"])
+print(f"recorder memory: {run[\"iota.recorder.bytes\"] / 2**20:.1f} MiB; calls total {run[\"iota.calls.total\"]:,}, "
+      f"logged {run[\"iota.calls.recorded\"]:,}, below the minimum {run[\"iota.calls.short\"]:,}; "
+      f"minimum span raised to {run[\"iota.span.min_ns\"]:,} ns; spans exported {run[\"iota.spans.exported\"]:,}")
+print(f"fib::fib: {fib[\"calls\"]:,} calls, total {fib[\"total_ns\"] / 1e9:.3f} s, self {fib[\"self_ns\"] / 1e9:.3f} s")'
+  stop
+}
+
+p5() {
+  echo "## P5: restart with 100 stored modules"
+  start "$work/p5"
+  echo "first start (empty data dir): $ready s"
+  # 100 distinct modules: the seven Rust fixtures, each with its own custom section.
+  python3 - "$work/mods" <<'PY'
+import glob, os, sys
+out = sys.argv[1]
+os.makedirs(out)
+fixtures = sorted(glob.glob("fixtures/wasm/*.wasm"))
+rust = [f for f in fixtures if os.path.basename(f)[:-5] in
+        ("count_vowels", "exit3", "fib", "grow", "indirect", "nested", "trap")] or fixtures
+for i in range(100):
+    src = rust[i % len(rust)]
+    name = f"variant-{i}".encode()
+    payload = bytes([len(name)]) + name + b"bench"
+    with open(src, "rb") as f:
+        wasm = f.read()
+    with open(f"{out}/m{i:03}.wasm", "wb") as f:
+        f.write(wasm + bytes([0, len(payload)]) + payload)
+PY
+  local t0 t1
+  t0=$(date +%s.%N)
+  for f in "$work"/mods/*.wasm; do upload "$(basename "$f" .wasm)" "$f" ""; done
+  t1=$(date +%s.%N)
+  echo "100 uploads: $(python3 -c "print(f'{$t1 - $t0:.1f}')") s; $(du -sh "$work/p5" | cut -f1) on disk"
+  stop
+  for round in 1 2 3; do
+    start "$work/p5"
+    echo "restart $round: ready in $ready s, $(grep -o '([0-9]* modules loaded)' "$work/out")"
+    stop
+  done
+}
+
+soak() {
+  echo "## Soak: 60 s of /run count_vowels (traced) at saturation, wrk -t2 -c32, RSS every 5 s"
+  start "$work/soak"
+  upload traced fixtures/wasm/count_vowels.wasm ""
+  echo "RSS before load: $(rss_mib) MiB"
+  wrk -t2 -c32 -d60s --latency -s "$work/post.lua" "$url/run?name=traced" >"$work/wrk.out" &
+  local load=$! rss=()
+  for _ in $(seq 12); do
+    sleep 5
+    rss+=("$(rss_mib)")
+  done
+  wait "$load"
+  echo "RSS (MiB) at 5, 10, ... 60 s: ${rss[*]}"
+  awk '/Requests\/sec|requests in|Non-2xx|Socket errors/ {print} $1 ~ /^(50|75|90|99)%$/ {print "  p" $1, $2}' "$work/wrk.out"
+  curl -sf "$url/metrics" | grep -E '^iota_(runs|run_failures)_total'
+  echo "healthz: $(curl -sf "$url/healthz")"
+  stop
+}
+
+case $what in
+  p3 | p4 | p5 | soak) "$what" ;;
+  all) p3; p4; p5; soak ;;
+  *) echo "usage: $0 [p3|p4|p5|soak|all]" >&2; exit 2 ;;
+esac
