@@ -85,10 +85,13 @@ import json, sys
 t = json.load(sys.stdin)
 run = t["spans"][1]["attributes"]
 fib = next(f for f in t["functions"] if "fib::fib" in f["name"])
-print(f"recorder memory: {run[\"iota.recorder.bytes\"] / 2**20:.1f} MiB; calls total {run[\"iota.calls.total\"]:,}, "
-      f"logged {run[\"iota.calls.recorded\"]:,}, below the minimum {run[\"iota.calls.short\"]:,}; "
-      f"minimum span raised to {run[\"iota.span.min_ns\"]:,} ns; spans exported {run[\"iota.spans.exported\"]:,}")
-print(f"fib::fib: {fib[\"calls\"]:,} calls, total {fib[\"total_ns\"] / 1e9:.3f} s, self {fib[\"self_ns\"] / 1e9:.3f} s")'
+mib = run["iota.recorder.bytes"] / 2**20
+total, logged, short = run["iota.calls.total"], run["iota.calls.recorded"], run["iota.calls.short"]
+floor, spans = run["iota.span.min_ns"], run["iota.spans.exported"]
+print(f"recorder memory: {mib:.1f} MiB; calls total {total:,}, logged {logged:,}, below the minimum {short:,}; "
+      f"minimum span raised to {floor:,} ns; spans exported {spans:,}")
+calls, total_s, self_s = fib["calls"], fib["total_ns"] / 1e9, fib["self_ns"] / 1e9
+print(f"fib::fib: {calls:,} calls, total {total_s:.3f} s, self {self_s:.3f} s")'
   stop
 }
 

@@ -72,19 +72,18 @@ pub fn select(calls: &[Call], max: usize) -> Vec<bool> {
     if calls.len() <= max {
         return vec![true; calls.len()];
     }
-    let mut order: Vec<usize> = (0..calls.len()).collect();
     // Longest first; among equals, the earlier start (a caller starts no later than its callee).
-    order.sort_unstable_by_key(|&i| {
-        (
-            !calls[i].unfinished,
-            std::cmp::Reverse(calls[i].duration()),
-            calls[i].start,
-            i,
-        )
-    });
+    // Only the first `max` need to be found, not ordered.
+    let mut order: Vec<usize> = (0..calls.len()).collect();
     let mut keep = vec![false; calls.len()];
-    for &i in order.iter().take(max) {
-        keep[i] = true;
+    if max > 0 {
+        order.select_nth_unstable_by_key(max - 1, |&i| {
+            let c = &calls[i];
+            (!c.unfinished, std::cmp::Reverse(c.duration()), c.start, i)
+        });
+        for &i in &order[..max] {
+            keep[i] = true;
+        }
     }
     // Ties in duration and start can still split a chain: walk up and keep the ancestors.
     for i in 0..calls.len() {
