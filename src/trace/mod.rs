@@ -15,7 +15,7 @@ use opentelemetry::{KeyValue, Value};
 use serde::{Deserialize, Serialize};
 
 use recorder::{Aggregate, Recorder};
-use tree::Call;
+use tree::{Call, Grow};
 
 /// A span ready for export and display.
 #[derive(Debug, Clone)]
@@ -109,7 +109,8 @@ pub struct TraceRecord {
     stderr: Bytes,
     /// Kept calls in start order; parents index this vector and come before their callees.
     calls: Vec<Call>,
-    outside_grows: Vec<(u64, u32)>,
+    /// `memory.grow` calls, each in its innermost kept call.
+    grows: Vec<Grow>,
     /// Called functions' totals, by hook id.
     aggregates: Vec<(u32, Aggregate)>,
     volume: Volume,
@@ -201,10 +202,10 @@ pub struct RunFacts {
 impl TraceRecord {
     /// Rebuilds the call tree from the recorder and keeps the calls that will be spans.
     pub fn new(facts: RunFacts, recorder: &Recorder) -> Self {
-        let (all_calls, outside_grows) = tree::build(recorder.events(), facts.run_ns);
+        let (all_calls, mut grows) = tree::build(recorder.events(), facts.run_ns);
         let keep = tree::select(&all_calls, facts.max_spans);
         let calls_logged = all_calls.len();
-        let calls = tree::retain(all_calls, &keep);
+        let calls = tree::retain(all_calls, &keep, &mut grows);
         let aggregates = recorder
             .aggregates()
             .iter()
@@ -234,7 +235,7 @@ impl TraceRecord {
                 min_span_ns: recorder.min_span_ns(),
             },
             calls,
-            outside_grows,
+            grows,
             aggregates,
         }
     }
@@ -332,11 +333,15 @@ impl TraceRecord {
             KeyValue::new("iota.recorder.bytes", v.recorder_bytes as i64),
         ];
         run_attributes.extend(aggregate_attributes(&functions));
-        let mut run_events: Vec<SpanEventRecord> = self
-            .outside_grows
-            .iter()
-            .map(|&(ns, pages)| memory_grow_event(at(ns), pages))
-            .collect();
+        let mut call_events: Vec<Vec<SpanEventRecord>> = vec![Vec::new(); self.calls.len()];
+        let mut run_events = Vec::new();
+        for grow in &self.grows {
+            let event = memory_grow_event(at(grow.at), grow.pages);
+            match grow.call {
+                Some(i) => call_events[i as usize].push(event),
+                None => run_events.push(event),
+            }
+        }
         if let Ending::Trap { message, backtrace } = &self.ending {
             run_events.push(SpanEventRecord {
                 name: "exception".into(),
@@ -375,7 +380,7 @@ impl TraceRecord {
             let name = function_name(&self.names, call.id);
             spans.push(SpanRecord {
                 span_id: call_span(i),
-                parent_span_id: Some(call.parent.map_or(self.run_span, call_span)),
+                parent_span_id: Some(call.parent.map_or(self.run_span, |p| call_span(p as usize))),
                 name: name.clone(),
                 kind: SpanKind::Internal,
                 start: at(call.start),
@@ -384,11 +389,7 @@ impl TraceRecord {
                     KeyValue::new("code.function.name", name),
                     KeyValue::new("wasm.function.index", i64::from(call.id)),
                 ],
-                events: call
-                    .memory_grows
-                    .iter()
-                    .map(|&(ns, pages)| memory_grow_event(at(ns), pages))
-                    .collect(),
+                events: std::mem::take(&mut call_events[i]),
                 error: call
                     .unfinished
                     .then(|| error.clone().unwrap_or_else(|| "did not return".into())),

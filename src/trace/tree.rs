@@ -2,21 +2,30 @@
 
 use super::recorder::{Event, EventKind};
 
-/// One function call reconstructed from the log.
+/// One function call reconstructed from the log (32 bytes: a run may log half a million).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
     /// Function id.
     pub id: u32,
     /// Index of the calling [`Call`], if any.
-    pub parent: Option<usize>,
+    pub parent: Option<u32>,
     /// Nanoseconds since the run started.
     pub start: u64,
     /// Nanoseconds since the run started.
     pub end: u64,
     /// Still open when the run ended (trap, timeout, `proc_exit`): closed by the host.
     pub unfinished: bool,
-    /// `memory.grow` calls made directly in this call: (time, pages).
-    pub memory_grows: Vec<(u64, u32)>,
+}
+
+/// A `memory.grow`, in the call that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grow {
+    /// Index of the [`Call`] it happened in; none outside any call.
+    pub call: Option<u32>,
+    /// Nanoseconds since the run started.
+    pub at: u64,
+    /// Pages asked for.
+    pub pages: u32,
 }
 
 impl Call {
@@ -26,43 +35,46 @@ impl Call {
     }
 }
 
-/// Rebuilds the call tree. Frames still open at the end of the log are closed at `end`.
-/// Memory growth outside any call is returned separately.
-pub fn build(events: &[Event], end: u64) -> (Vec<Call>, Vec<(u64, u32)>) {
+/// Rebuilds the call tree and the memory growth in it. Frames still open at the end of the log
+/// are closed at `end`.
+pub fn build(events: &[Event], end: u64) -> (Vec<Call>, Vec<Grow>) {
     let mut calls: Vec<Call> = Vec::with_capacity(events.len() / 2);
-    let mut stack: Vec<usize> = Vec::new();
-    let mut outside = Vec::new();
+    let mut stack: Vec<u32> = Vec::new();
+    let mut grows = Vec::new();
     for event in events {
         match event.kind {
             EventKind::Enter => {
+                stack.push(calls.len() as u32);
                 calls.push(Call {
                     id: event.id,
-                    parent: stack.last().copied(),
+                    parent: stack.len().checked_sub(2).map(|i| stack[i]),
                     start: event.at,
                     end: event.at,
                     unfinished: false,
-                    memory_grows: Vec::new(),
                 });
-                stack.push(calls.len() - 1);
             }
             EventKind::Exit => {
-                if let Some(depth) = stack.iter().rposition(|&i| calls[i].id == event.id) {
+                if let Some(depth) = stack
+                    .iter()
+                    .rposition(|&i| calls[i as usize].id == event.id)
+                {
                     for i in stack.drain(depth..) {
-                        calls[i].end = event.at;
+                        calls[i as usize].end = event.at;
                     }
                 }
             }
-            EventKind::MemoryGrow => match stack.last() {
-                Some(&top) => calls[top].memory_grows.push((event.at, event.id)),
-                None => outside.push((event.at, event.id)),
-            },
+            EventKind::MemoryGrow => grows.push(Grow {
+                call: stack.last().copied(),
+                at: event.at,
+                pages: event.id,
+            }),
         }
     }
     for i in stack {
-        calls[i].end = end;
-        calls[i].unfinished = true;
+        calls[i as usize].end = end;
+        calls[i as usize].unfinished = true;
     }
-    (calls, outside)
+    (calls, grows)
 }
 
 /// Chooses at most `max` calls to export: every unfinished call (the stack at a trap), then the
@@ -74,22 +86,22 @@ pub fn select(calls: &[Call], max: usize) -> Vec<bool> {
     }
     // Longest first; among equals, the earlier start (a caller starts no later than its callee).
     // Only the first `max` need to be found, not ordered.
-    let mut order: Vec<usize> = (0..calls.len()).collect();
+    let mut order: Vec<u32> = (0..calls.len() as u32).collect();
     let mut keep = vec![false; calls.len()];
     if max > 0 {
         order.select_nth_unstable_by_key(max - 1, |&i| {
-            let c = &calls[i];
+            let c = &calls[i as usize];
             (!c.unfinished, std::cmp::Reverse(c.duration()), c.start, i)
         });
         for &i in &order[..max] {
-            keep[i] = true;
+            keep[i as usize] = true;
         }
     }
     // Ties in duration and start can still split a chain: walk up and keep the ancestors.
     for i in 0..calls.len() {
         if keep[i] {
             let mut parent = calls[i].parent;
-            while let Some(p) = parent {
+            while let Some(p) = parent.map(|p| p as usize) {
                 if keep[p] {
                     break;
                 }
@@ -101,18 +113,26 @@ pub fn select(calls: &[Call], max: usize) -> Vec<bool> {
     keep
 }
 
-/// The calls `keep` flags, with parents renumbered into the result. Every kept call's parent
-/// must be kept too, as [`select`] ensures.
-pub fn retain(calls: Vec<Call>, keep: &[bool]) -> Vec<Call> {
-    let mut new_index = vec![usize::MAX; calls.len()];
+/// The calls `keep` flags, with parents renumbered into the result; each memory growth moves to
+/// its innermost kept call. Every kept call's parent must be kept too, as [`select`] ensures.
+pub fn retain(calls: Vec<Call>, keep: &[bool], grows: &mut [Grow]) -> Vec<Call> {
+    for grow in grows.iter_mut() {
+        while let Some(i) = grow.call.filter(|&i| !keep[i as usize]) {
+            grow.call = calls[i as usize].parent;
+        }
+    }
+    let mut new_index = vec![u32::MAX; calls.len()];
     let mut kept = Vec::with_capacity(keep.iter().filter(|k| **k).count());
     for (i, mut call) in calls.into_iter().enumerate() {
         if !keep[i] {
             continue;
         }
-        call.parent = call.parent.map(|p| new_index[p]);
-        new_index[i] = kept.len();
+        call.parent = call.parent.map(|p| new_index[p as usize]);
+        new_index[i] = kept.len() as u32;
         kept.push(call);
+    }
+    for grow in grows.iter_mut() {
+        grow.call = grow.call.map(|i| new_index[i as usize]);
     }
     kept
 }
@@ -138,8 +158,7 @@ mod tests {
             ev(6, Exit, 3), // 4 skipped its exit
             ev(7, Enter, 5),
         ];
-        let (calls, outside) = build(&events, 10);
-        assert!(outside.is_empty());
+        let (calls, grows) = build(&events, 10);
         let shape: Vec<_> = calls
             .iter()
             .map(|c| (c.id, c.parent, c.start, c.end, c.unfinished))
@@ -154,7 +173,19 @@ mod tests {
                 (5, Some(0), 7, 10, true),
             ]
         );
-        assert_eq!(calls[1].memory_grows, [(2, 3)]);
+        assert_eq!(
+            grows,
+            [Grow {
+                call: Some(1),
+                at: 2,
+                pages: 3
+            }]
+        );
+        // Call 1 left out: its growth moves to its caller.
+        let mut grows = grows;
+        let kept = retain(calls, &[true, false, true, true, true], &mut grows);
+        assert_eq!(kept.len(), 4);
+        assert_eq!(grows[0].call, Some(0));
     }
 
     #[test]
@@ -175,7 +206,7 @@ mod tests {
             .map(|(c, _)| (c.id, c.duration()))
             .collect();
         assert_eq!(kept, [(0, 300), (1, 8), (1, 9), (2, 100)]);
-        let retained = retain(calls, &keep);
+        let retained = retain(calls, &keep, &mut []);
         let parents: Vec<_> = retained.iter().map(|c| c.parent).collect();
         assert_eq!(parents, [None, Some(0), Some(0), Some(0)]);
     }
