@@ -4,6 +4,8 @@
 mod fixtures;
 #[path = "../common/hooks.rs"]
 mod hooks;
+#[path = "../common/programs.rs"]
+mod programs;
 mod real;
 mod smith;
 mod spec;

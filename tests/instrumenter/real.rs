@@ -8,32 +8,8 @@ use iota_instrument::{Options, instrument};
 use wasmtime::Engine;
 
 use crate::hooks::{check_nesting, config};
+use crate::programs::{MICROPYTHON, SMT, SVG};
 use crate::wasi::{Exit, run_command};
-
-const SMT: &str = "(set-logic QF_BV)
-(declare-fun x () (_ BitVec 8))
-(declare-fun y () (_ BitVec 8))
-(assert (= (bvmul x y) #x3f))
-(assert (bvugt x #x01))
-(assert (bvugt y x))
-(check-sat)
-(get-model)
-";
-
-const SVG: &str = r#"<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">
-<rect x="4" y="4" width="40" height="30" fill="teal" transform="rotate(10)"/>
-<circle cx="40" cy="40" r="16" fill="none" stroke="black"/></svg>"#;
-
-const PYTHON: &str = "def dive(n):
-    if n == 0:
-        raise ValueError('bottom')
-    return dive(n - 1)
-try:
-    dive(25)
-except ValueError as e:
-    print('caught', e)
-print(sum(i * i for i in range(1000)))
-";
 
 struct Case {
     file: &'static str,
@@ -69,7 +45,7 @@ const CASES: &[Case] = &[
     Case {
         file: "micropython-wasi.wasm",
         args: &["micropython"],
-        stdin: PYTHON,
+        stdin: MICROPYTHON,
         expect: "caught bottom\n332833500\n",
         exit: 0,
     },

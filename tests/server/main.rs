@@ -11,6 +11,8 @@ mod harness;
 mod hooks;
 mod limits;
 mod otlp;
+#[path = "../common/programs.rs"]
+mod programs;
 mod real;
 mod runs;
 mod store;

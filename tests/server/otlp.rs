@@ -71,6 +71,19 @@ impl Receiver {
         receiver
     }
 
+    /// A server exporting to this receiver over `protocol`, with extra environment.
+    fn server(&self, protocol: &str, test: &str, env: &[(&str, &str)]) -> Server {
+        let endpoint = match protocol {
+            "grpc" => format!("http://{}", self.grpc),
+            _ => format!("http://{}", self.http),
+        };
+        Server::start(
+            &data_dir(&format!("{test}-{}", protocol.replace('/', "-"))),
+            &["--otlp-endpoint", &endpoint, "--otlp-protocol", protocol],
+            env,
+        )
+    }
+
     fn wait_for(&self, done: impl Fn(&str) -> bool, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -184,21 +197,18 @@ fn metric_points(output: &str) -> Vec<(String, String, String)> {
 
 fn exports_function_metrics(protocol: &str) {
     let receiver = Receiver::start();
-    let endpoint = match protocol {
-        "grpc" => format!("http://{}", receiver.grpc),
-        _ => format!("http://{}", receiver.http),
-    };
-    let server = Server::start(
-        &data_dir(&format!("otlp-metrics-{}", protocol.replace('/', "-"))),
-        &["--otlp-endpoint", &endpoint, "--otlp-protocol", protocol],
+    let server = receiver.server(
+        protocol,
+        "otlp-metrics",
         &[("OTEL_METRIC_EXPORT_INTERVAL", "200")],
     );
     server.upload_ok("fib", &fixture("fib.wasm"));
+    // A Rust panic traps. It runs first: traces reach the metrics in order, so once the last
+    // run's calls are counted, every outcome is too.
+    assert_eq!(server.run("name=fib", "x").status(), 500);
     for _ in 0..3 {
         assert_eq!(server.run("name=fib", "10").status(), 200);
     }
-    // A Rust panic traps.
-    assert_eq!(server.run("name=fib", "x").status(), 500);
     // Cumulative sums: three runs of fib(10), 177 calls each, whatever the export batching.
     let fib_calls = |out: &str| {
         metric_points(out)
@@ -248,15 +258,7 @@ fn function_metrics_reach_a_real_collector_over_grpc() {
 
 fn exports_nested_function_spans(protocol: &str) {
     let receiver = Receiver::start();
-    let endpoint = match protocol {
-        "grpc" => format!("http://{}", receiver.grpc),
-        _ => format!("http://{}", receiver.http),
-    };
-    let server = Server::start(
-        &data_dir(&format!("otlp-{}", protocol.replace('/', "-"))),
-        &["--otlp-endpoint", &endpoint, "--otlp-protocol", protocol],
-        &[("OTEL_SERVICE_NAME", "iota-otlp-test")],
-    );
+    let server = receiver.server(protocol, "otlp", &[("OTEL_SERVICE_NAME", "iota-otlp-test")]);
     server.upload_ok("fib", &fixture("fib.wasm"));
     let response = server.run("name=fib", "10");
     assert_eq!(response.status(), 200);

@@ -2,6 +2,8 @@
 //! output is deterministic and exercises the program (solving, compiling, rendering, parsing)
 //! where it can work from stdin alone, or prints its version or usage where it needs files.
 
+use crate::programs::{MICROPYTHON, SMT, SVG};
+
 /// The inputs of one command, found by the module's file name.
 pub struct Inputs {
     /// The module's file name in the corpus directory.
@@ -12,31 +14,6 @@ pub struct Inputs {
     /// Extra upload options (`&unknown_imports=trap` for imports neither WASI nor hooks).
     pub upload: &'static str,
 }
-
-const SMT: &str = "(set-logic QF_BV)
-(declare-fun x () (_ BitVec 8))
-(declare-fun y () (_ BitVec 8))
-(assert (= (bvmul x y) #x3f))
-(assert (bvugt x #x01))
-(assert (bvugt y x))
-(check-sat)
-(get-model)
-";
-
-const SVG: &str = r#"<svg xmlns="http://www.w3.org/2000/svg" width="48" height="48">
-<rect x="4" y="4" width="30" height="20" fill="teal" transform="rotate(10)"/>
-<circle cx="30" cy="30" r="12" fill="none" stroke="black"/></svg>"#;
-
-const MICROPYTHON: &str = "def dive(n):
-    if n == 0:
-        raise ValueError('bottom')
-    return dive(n - 1)
-try:
-    dive(25)
-except ValueError as e:
-    print('caught', e)
-print(sum(i * i for i in range(1000)))
-";
 
 const C_SOURCE: &str = "struct point { int x, y; };
 static int dot(struct point a, struct point b) { return a.x * b.x + a.y * b.y; }
