@@ -3,16 +3,23 @@
 //! that nest. Run with fuel so generated infinite loops end.
 //!
 //! `cargo test --test instrumenter smith` runs a bounded number of cases; set
-//! `IOTA_SMITH_CASES=N` (and optionally `IOTA_SMITH_SEED`) for a longer run.
+//! `IOTA_SMITH_CASES=N` (and optionally `IOTA_SMITH_SEED`) for a longer run, and
+//! `IOTA_SMITH_PROGRESS=1` to print each case number before it runs, and
+//! `IOTA_SMITH_DUMP=FILE` to write each generated module there before it runs.
 
 use arbitrary::Unstructured;
 use iota_instrument::{Options, instrument};
-use wasmtime::{Engine, Instance, Linker, Module, Store, Trap, Val};
+use wasmtime::{
+    Engine, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap, Val,
+};
 
-use crate::hooks::{Recorded, check_nesting, engine, link_hooks};
+use crate::hooks::{HasRecorded, Recorded, check_nesting, engine, link_hooks};
 
 /// Fuel for the original module; the instrumented one gets a multiple (hooks add instructions).
 const FUEL: u64 = 200_000;
+/// Memory a case may grow to: fuel does not bound it (one `memory.grow` can double a memory, and
+/// a recursion of them runs out of host memory long before it runs out of fuel).
+const MEMORY: usize = 64 << 20;
 
 #[test]
 fn generated_modules_behave_the_same_instrumented() {
@@ -24,9 +31,13 @@ fn generated_modules_behave_the_same_instrumented() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x107a);
+    let progress = std::env::var_os("IOTA_SMITH_PROGRESS").is_some();
     let engine = engine();
     let (mut modules, mut compared) = (0, 0);
     for case in 0..cases {
+        if progress {
+            eprintln!("case {case}");
+        }
         let bytes = random_bytes(seed.wrapping_add(case), 64 * 1024);
         let outcome = run_case(&engine, &bytes);
         if let Some(calls) = outcome.unwrap_or_else(|e| panic!("case {case} (seed {seed}): {e}")) {
@@ -45,6 +56,14 @@ fn generated_modules_behave_the_same_instrumented() {
         compared > cases as usize,
         "too few calls compared: {compared}"
     );
+}
+
+/// Seed 2026, case 5749 of a 20,000-case run: a function that recursively doubles a memory64
+/// (`memory.size; memory.grow`) took the test process past 24 GB before the memory limit.
+#[test]
+fn a_recursion_of_memory_doublings_stays_within_the_limit() {
+    let outcome = run_case(&engine(), &random_bytes(2026 + 5749, 64 * 1024));
+    assert_eq!(outcome, Ok(Some(3)));
 }
 
 /// Runs one generated module both ways; `Ok(None)` if the generator or engine declined it.
@@ -74,6 +93,9 @@ pub fn run_case(engine: &Engine, data: &[u8]) -> Result<Option<usize>, String> {
         return Ok(None);
     };
     let original = module.to_bytes();
+    if let Some(path) = std::env::var_os("IOTA_SMITH_DUMP") {
+        std::fs::write(path, &original).map_err(|e| format!("dumping the module: {e}"))?;
+    }
     let plain = Module::new(engine, &original)
         .map_err(|e| format!("wasmtime rejects generated module: {e:?}"))?;
 
@@ -113,7 +135,7 @@ pub fn run_case(engine: &Engine, data: &[u8]) -> Result<Option<usize>, String> {
     for name in exports {
         a.store.set_fuel(FUEL).unwrap();
         b.store.set_fuel(FUEL * 20).unwrap();
-        b.store.data_mut().events.clear();
+        b.store.data_mut().recorded.events.clear();
         let ra = a.call(&ia, &name);
         if is_out_of_fuel(ra.as_ref().err()) {
             // The original stopped part way through a call the instrumented module never made:
@@ -124,21 +146,38 @@ pub fn run_case(engine: &Engine, data: &[u8]) -> Result<Option<usize>, String> {
         same_outcome(&name, &ra, &rb)?;
         calls += 1;
         // A trap leaves frames open by design; the host closes them.
-        check_nesting(&b.store.data().events, rb.is_ok())
+        check_nesting(&b.store.data().recorded.events, rb.is_ok())
             .map_err(|e| format!("{name}: hooks do not nest: {e}"))?;
     }
     same_memories(&mut a, &ia, &mut b, &ib)?;
     Ok(Some(calls))
 }
 
+/// A store's data: the hook calls and the resource limits.
+struct CaseData {
+    recorded: Recorded,
+    limits: StoreLimits,
+}
+
+impl HasRecorded for CaseData {
+    fn recorded(&mut self) -> &mut Recorded {
+        &mut self.recorded
+    }
+}
+
 struct Run {
-    store: Store<Recorded>,
+    store: Store<CaseData>,
     instance: Result<Instance, wasmtime::Error>,
 }
 
 impl Run {
     fn new(engine: &Engine, module: &Module, fuel: u64, hooks: bool) -> Run {
-        let mut store = Store::new(engine, Recorded::default());
+        let data = CaseData {
+            recorded: Recorded::default(),
+            limits: StoreLimitsBuilder::new().memory_size(MEMORY).build(),
+        };
+        let mut store = Store::new(engine, data);
+        store.limiter(|data| &mut data.limits);
         store.set_fuel(fuel).unwrap();
         let mut linker = Linker::new(engine);
         if hooks {
