@@ -143,16 +143,13 @@ impl Recorder {
             self.compact();
             logged = self.events.len() + self.logged_open + 2 <= self.max_events;
         }
-        if logged && self.events.len() == self.events.capacity() {
-            self.grow_log();
-        }
         let log_index = if logged {
             self.events.len()
         } else {
             NOT_LOGGED
         };
         if logged {
-            self.events.push(Event {
+            self.log(Event {
                 at,
                 id,
                 kind: EventKind::Enter,
@@ -192,12 +189,21 @@ impl Recorder {
             self.events.pop();
             self.short_calls += 1;
         } else {
-            self.events.push(Event {
+            self.log(Event {
                 at,
                 id,
                 kind: EventKind::Exit,
             });
         }
+    }
+
+    /// Appends to the log, growing it no further than `max_events`.
+    #[inline]
+    fn log(&mut self, event: Event) {
+        if self.events.len() == self.events.capacity() {
+            self.grow_log();
+        }
+        self.events.push(event);
     }
 
     /// Grows the log, never past `max_events`.
@@ -285,7 +291,7 @@ impl Recorder {
     pub fn memory_grow(&mut self, pages: u32) {
         let at = self.now();
         if self.has_room() {
-            self.events.push(Event {
+            self.log(Event {
                 at,
                 id: pages,
                 kind: EventKind::MemoryGrow,
@@ -446,6 +452,22 @@ mod tests {
         assert_eq!(r.short_calls() as usize + enters, 1002);
         assert_eq!(r.aggregates()[1].calls, 1000);
         assert!(r.min_span_ns() > 0);
+    }
+
+    #[test]
+    fn the_log_never_holds_more_room_than_its_cap() {
+        let mut r = Recorder::new(2, 1000, 0);
+        r.enter(0);
+        for _ in 0..5000 {
+            r.enter(1);
+            r.exit(1);
+        }
+        r.exit(0);
+        assert!(r.events().len() <= 1000);
+        assert_eq!(
+            r.memory_bytes(),
+            1000 * size_of::<Event>() + 64 * size_of::<Frame>() + 2 * size_of::<Aggregate>()
+        );
     }
 
     #[test]
