@@ -154,15 +154,24 @@ fn module_name(pairs: &[(String, String)]) -> Result<String, ApiError> {
     Ok(name)
 }
 
+/// The value of the last `key=` in the query, if any.
+fn last<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
 fn flag(
     pairs: &[(String, String)],
     key: &str,
     values: &[&str],
 ) -> Result<Option<String>, ApiError> {
-    match pairs.iter().rev().find(|(k, _)| k == key) {
+    match last(pairs, key) {
         None => Ok(None),
-        Some((_, v)) if values.contains(&v.as_str()) => Ok(Some(v.clone())),
-        Some((_, v)) => Err(ApiError::new(
+        Some(v) if values.contains(&v) => Ok(Some(v.to_string())),
+        Some(v) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid `{key}={v}`: expected one of {}", values.join(", ")),
         )),
@@ -171,7 +180,7 @@ fn flag(
 
 /// The last `key=` as a number no larger than `max`, if present.
 fn number(pairs: &[(String, String)], key: &str, max: u64) -> Result<Option<u64>, ApiError> {
-    let Some((_, v)) = pairs.iter().rev().find(|(k, _)| k == key) else {
+    let Some(v) = last(pairs, key) else {
         return Ok(None);
     };
     match v.parse::<u64>() {

@@ -52,7 +52,7 @@ pub struct SpanEventRecord {
 }
 
 /// Limits on a run's spans, set per server and per module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpanVolume {
     /// Function spans kept per run: the calls open at the end (a trap's stack) first, then the
     /// longest, always with their ancestors.
