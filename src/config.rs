@@ -42,7 +42,8 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_RUN_TIMEOUT_MS", default_value_t = 10_000)]
     pub run_timeout_ms: u64,
 
-    /// Linear memory limit of one run, in MiB.
+    /// Memory one run may make the server hold, in MiB: its linear memories and tables, and
+    /// the host buffers it fills (stdin in flight, stdout, stderr, its trace log).
     #[arg(long, env = "IOTA_MEMORY_LIMIT_MB", default_value_t = 512)]
     pub memory_limit_mb: usize,
 
@@ -62,9 +63,35 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_MAX_RUN_BODY", default_value_t = 16 << 20)]
     pub max_run_body: usize,
 
-    /// Runs executing at once; more wait their turn.
+    /// Runs executing at once; more wait their turn, up to `--run-queue-timeout-ms`.
     #[arg(long, env = "IOTA_MAX_CONCURRENT_RUNS", default_value_t = default_concurrency())]
     pub max_concurrent_runs: usize,
+
+    /// Longest a run waits for a slot before it is refused with `503` and `Retry-After`, in
+    /// milliseconds.
+    #[arg(long, env = "IOTA_RUN_QUEUE_TIMEOUT_MS", default_value_t = 1000)]
+    pub run_queue_timeout_ms: u64,
+
+    /// Uploads instrumented and compiled at once (each in a worker process).
+    #[arg(long, env = "IOTA_MAX_CONCURRENT_UPLOADS", default_value_t = 1)]
+    pub max_concurrent_uploads: usize,
+
+    /// Uploads waiting for a compile slot; more are refused with `503` and `Retry-After`.
+    #[arg(long, env = "IOTA_MAX_QUEUED_UPLOADS", default_value_t = 4)]
+    pub max_queued_uploads: usize,
+
+    /// Threads of each compile worker (default: half the cores, at least one).
+    #[arg(long, env = "IOTA_COMPILE_THREADS", default_value_t = default_compile_threads())]
+    pub compile_threads: usize,
+
+    /// Longest an upload may take to instrument and compile, in milliseconds; the worker is
+    /// stopped and the upload refused with `422` past it.
+    #[arg(long, env = "IOTA_COMPILE_TIMEOUT_MS", default_value_t = 300_000)]
+    pub compile_timeout_ms: u64,
+
+    /// Address space of a compile worker, in MiB (0: no limit).
+    #[arg(long, env = "IOTA_COMPILE_MEMORY_LIMIT_MB", default_value_t = 8192)]
+    pub compile_memory_limit_mb: u64,
 
     /// Hook events (16 bytes each) a run's log holds. A full log drops its shorter calls to keep
     /// the longest of the run; the per-function totals stay exact either way.
@@ -89,6 +116,11 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_RUN_TOKEN", hide_env_values = true)]
     pub run_token: Option<String>,
 
+    /// Bearer token required by `GET /modules*`, `/traces*` and `/metrics` (none: open).
+    /// `/healthz` stays open.
+    #[arg(long, env = "IOTA_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+
     /// Traces kept in memory for GET /traces.
     #[arg(long, env = "IOTA_RECENT_TRACES", default_value_t = 100)]
     pub recent_traces: usize,
@@ -96,4 +128,31 @@ pub struct ServeConfig {
 
 fn default_concurrency() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn default_compile_threads() -> usize {
+    (default_concurrency() / 2).max(1)
+}
+
+impl ServeConfig {
+    /// Checks what flags cannot say alone.
+    ///
+    /// # Errors
+    ///
+    /// Names the flag whose value cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_concurrent_runs == 0 {
+            return Err("--max-concurrent-runs must be at least 1".into());
+        }
+        if self.max_concurrent_uploads == 0 {
+            return Err("--max-concurrent-uploads must be at least 1".into());
+        }
+        if self.compile_threads == 0 {
+            return Err("--compile-threads must be at least 1".into());
+        }
+        if self.memory_limit_mb == 0 {
+            return Err("--memory-limit-mb must be at least 1".into());
+        }
+        Ok(())
+    }
 }

@@ -6,9 +6,13 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod budget;
+pub mod compile;
 pub mod config;
 pub mod registry;
+pub mod runs;
 pub mod runtime;
+pub mod store;
 pub mod trace;
 
 pub use config::ServeConfig;

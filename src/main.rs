@@ -2,17 +2,20 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use iota::api::{AppState, Counters, app};
+use iota::api::{AppState, Tokens, UploadCounters, app};
+use iota::compile::worker::WorkerArgs;
+use iota::compile::{CompileSettings, Compiler};
 use iota::registry::Registry;
+use iota::runs::{RunCounters, RunSlots, TraceSinks};
 use iota::runtime::{RunLimits, Runtime};
 use iota::trace::SpanVolume;
 use iota::trace::export::Exporter;
 use iota::trace::recent::RecentTraces;
 use iota::{ServeConfig, config::OtlpProtocol};
-use tokio::sync::Semaphore;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
 /// Function-level tracing for WebAssembly, at the host/guest boundary.
@@ -26,7 +29,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve uploads and runs over HTTP; every run is traced.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
+    /// Instrument and compile one upload (started by `iota serve`).
+    #[command(hide = true)]
+    CompileWorker(WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,7 +44,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => serve(*config),
+        Command::CompileWorker(args) => iota::compile::worker::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,12 +57,20 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: ServeConfig) -> Result<()> {
-    if config.max_concurrent_runs == 0 {
-        anyhow::bail!("--max-concurrent-runs must be at least 1");
-    }
+    config.validate().map_err(anyhow::Error::msg)?;
     let runtime = Runtime::new(RunLimits::from_config(&config))?;
-    let registry = Registry::open(&config.data_dir, runtime.clone())
-        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    let program = std::env::current_exe().context("locating the iota binary")?;
+    let compile = CompileSettings {
+        concurrent: config.max_concurrent_uploads,
+        queued: config.max_queued_uploads,
+        threads: config.compile_threads,
+        timeout: Duration::from_millis(config.compile_timeout_ms),
+        memory_limit_mb: config.compile_memory_limit_mb,
+    };
+    let registry = Registry::open(&config.data_dir, runtime.clone(), |scratch| {
+        Compiler::new(program, scratch.to_path_buf(), compile)
+    })
+    .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     let exporter = match &config.otlp_endpoint {
         Some(endpoint) => {
             let protocol = match config.otlp_protocol {
@@ -70,22 +85,41 @@ fn serve(config: ServeConfig) -> Result<()> {
             None
         }
     };
+    // Runs get threads of their own, so guests computing never hold up the HTTP side.
+    let executor = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.max_concurrent_runs)
+        .thread_name("iota-run")
+        .enable_all()
+        .build()
+        .context("starting the run threads")?;
     let modules = registry.list().len();
+    let sinks = Arc::new(TraceSinks {
+        recent: RecentTraces::new(config.recent_traces),
+        exporter,
+        counters: RunCounters::default(),
+    });
+    let non_empty = |token: &Option<String>| token.clone().filter(|t| !t.is_empty());
     let state = Arc::new(AppState {
         registry,
         runtime,
-        runs: Semaphore::new(config.max_concurrent_runs),
-        exporter,
-        recent: RecentTraces::new(config.recent_traces),
+        runs: RunSlots::new(
+            config.max_concurrent_runs,
+            Duration::from_millis(config.run_queue_timeout_ms),
+        ),
+        executor: executor.handle().clone(),
+        sinks: sinks.clone(),
         spans: SpanVolume {
             max_spans: config.max_spans,
             min_span_us: config.min_span_us,
         },
         max_upload: config.max_upload,
         max_run_body: config.max_run_body,
-        counters: Counters::default(),
-        upload_token: config.upload_token.clone().filter(|t| !t.is_empty()),
-        run_token: config.run_token.clone().filter(|t| !t.is_empty()),
+        uploads: UploadCounters::default(),
+        tokens: Tokens {
+            upload: non_empty(&config.upload_token),
+            run: non_empty(&config.run_token),
+            read: non_empty(&config.read_token),
+        },
     });
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -109,9 +143,11 @@ fn serve(config: ServeConfig) -> Result<()> {
             .await?;
         Ok::<_, anyhow::Error>(())
     })?;
-    // Requests are done: flush what is queued for the collector.
-    if let Some(mut state) = Arc::into_inner(state)
-        && let Some(exporter) = state.exporter.as_mut()
+    // Requests are done, and with them their runs: flush what is queued for the collector.
+    drop(state);
+    executor.shutdown_timeout(Duration::from_secs(1));
+    if let Some(mut sinks) = Arc::into_inner(sinks)
+        && let Some(exporter) = sinks.exporter.as_mut()
     {
         exporter.shutdown();
     }

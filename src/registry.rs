@@ -1,31 +1,26 @@
-//! The module registry: uploads instrumented, compiled once and kept on disk.
+//! The module registry: names mapped to loaded module versions, backed by the data directory.
 //!
-//! Layout under the data directory:
-//!
-//! ```text
-//! modules/<name>.json                  module info; replacing this file is the version switch
-//! blobs/<sha256>.wasm                  original and instrumented modules, by content
-//! blobs/<sha256>.names.json            function names by hook id
-//! compiled/<sha256>-<engine>.cwasm     precompiled code, by content and engine compatibility
-//! ```
-//!
-//! Every file is written to a temporary name, flushed and renamed into place, so a crash leaves
-//! either the old version or the new one, never a partial file that is served.
+//! An upload is instrumented and compiled by a worker process ([`crate::compile`]), checked
+//! (linkable, runnable), its files moved into the content-addressed store, and only then made
+//! the name's version. Runs hold the version they started with. Content no version refers to,
+//! and no run holds, is collected at startup and after every replacement or deletion.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use iota_instrument::{IfInstrumented, Options};
+use iota_instrument::FunctionEntry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmtime::{InstancePre, Module};
 
+use crate::compile::{Admission, CompileError, Compiled, Compiler, Stage};
+use crate::runtime::entry::EntryPoints;
 use crate::runtime::{RunState, Runtime};
+use crate::store::{Collected, DiskStore, write_atomic};
 use crate::trace::SpanOverrides;
 
 /// What the registry knows about a stored module.
@@ -48,6 +43,9 @@ pub struct ModuleInfo {
     /// How the module reports calls: `iota` (instrumented here), `preinstrumented` (it already
     /// called the hooks), or `none` (uploaded with `instrument=false`).
     pub tracing: Tracing,
+    /// How it is run: a WASI command, or a reactor and the functions a run may call.
+    #[serde(default = "command")]
+    pub entry: EntryPoints,
     /// Imports no host provides are linked as functions that trap if called.
     pub trap_unknown_imports: bool,
     /// Upload time, seconds since the Unix epoch.
@@ -55,6 +53,10 @@ pub struct ModuleInfo {
     /// Span limits chosen at upload (the server's apply to what is unset).
     #[serde(default, skip_serializing_if = "SpanOverrides::is_empty")]
     pub spans: SpanOverrides,
+}
+
+fn command() -> EntryPoints {
+    EntryPoints::Command
 }
 
 /// How a module's function calls reach the recorder.
@@ -90,21 +92,50 @@ pub struct LoadedModule {
     pub names: Arc<[Option<String>]>,
 }
 
-/// Why an upload failed: all are the uploader's fault (400) but `Internal`.
+/// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     /// The module could not be instrumented (invalid wasm, a component...).
     #[error("{0}")]
-    Instrument(#[from] iota_instrument::Error),
+    Instrument(String),
     /// wasmtime cannot compile it (a proposal this host does not enable, say).
     #[error("module does not compile: {0}")]
     Compile(String),
     /// An import is neither WASI nor a hook.
     #[error("{0} (upload with unknown_imports=trap to link such imports as functions that trap)")]
     Link(String),
-    /// Storage failed.
+    /// Neither a command nor a reactor.
+    #[error("{0}")]
+    NotRunnable(String),
+    /// The compile worker ran out of time or memory.
+    #[error(transparent)]
+    TooCostly(CompileError),
+    /// Too many uploads in progress.
+    #[error(transparent)]
+    Busy(CompileError),
+    /// Storage or the worker failed.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<CompileError> for UploadError {
+    fn from(error: CompileError) -> Self {
+        match error {
+            CompileError::Refused {
+                stage: Stage::Instrument,
+                message,
+            } => UploadError::Instrument(message),
+            CompileError::Refused {
+                stage: Stage::Compile,
+                message,
+            } => UploadError::Compile(message),
+            CompileError::TimedOut(_) | CompileError::OutOfMemory(_) => {
+                UploadError::TooCostly(error)
+            }
+            CompileError::Busy(_) => UploadError::Busy(error),
+            CompileError::Worker(_) => UploadError::Internal(error.into()),
+        }
+    }
 }
 
 /// Timings of an upload, in milliseconds.
@@ -112,20 +143,24 @@ pub enum UploadError {
 pub struct UploadTimings {
     /// Instrumenting.
     pub instrument_ms: f64,
-    /// Compiling and linking.
+    /// Compiling.
     pub compile_ms: f64,
-    /// Writing to disk.
+    /// Linking, checking and writing to disk.
     pub store_ms: f64,
 }
 
 /// Stored modules, on disk and loaded.
 pub struct Registry {
-    dir: PathBuf,
+    store: DiskStore,
     runtime: Arc<Runtime>,
-    engine_key: String,
+    compiler: Compiler,
     modules: RwLock<BTreeMap<String, Arc<LoadedModule>>>,
-    /// Serializes the switch to a new version (disk then memory) per registry.
+    /// Serializes version switches and collections.
     writes: Mutex<()>,
+    /// Versions loaded at some point; those still alive (held by a run) are not collected.
+    loaded: Mutex<Vec<Weak<LoadedModule>>>,
+    /// Content being installed by uploads, not yet referred to by a version.
+    installing: Mutex<HashMap<String, usize>>,
 }
 
 /// Checks a module name: `[A-Za-z0-9_.-]{1,64}`, not `.` or `..`.
@@ -141,57 +176,74 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 impl Registry {
-    /// Opens (creating if needed) the data directory and loads every stored module. A module
-    /// that no longer loads is logged and skipped, never fatal.
+    /// Opens (creating if needed) the data directory, loads every stored module, and removes
+    /// what interrupted writes and unreferenced content left. A module that no longer loads is
+    /// logged and skipped, never fatal.
     ///
     /// # Errors
     ///
     /// If the directories cannot be created or listed.
-    pub fn open(dir: &Path, runtime: Arc<Runtime>) -> Result<Self> {
-        for sub in ["modules", "blobs", "compiled"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
-        }
+    pub fn open(
+        dir: &Path,
+        runtime: Arc<Runtime>,
+        compiler: impl FnOnce(&Path) -> Compiler,
+    ) -> Result<Self> {
         let mut hasher = DefaultHasher::new();
         runtime
             .engine()
             .precompile_compatibility_hash()
             .hash(&mut hasher);
+        let store = DiskStore::open(dir, format!("{:016x}", hasher.finish()))?;
         let registry = Registry {
-            dir: dir.to_path_buf(),
+            compiler: compiler(&store.scratch()),
+            store,
             runtime,
-            engine_key: format!("{:016x}", hasher.finish()),
             modules: RwLock::new(BTreeMap::new()),
             writes: Mutex::new(()),
+            loaded: Mutex::new(Vec::new()),
+            installing: Mutex::new(HashMap::new()),
         };
-        let mut loaded = BTreeMap::new();
-        for entry in std::fs::read_dir(dir.join("modules"))? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue; // leftovers of an interrupted write
-            }
+        let mut modules = BTreeMap::new();
+        for path in registry.store.versions()? {
             match registry.load(&path) {
                 Ok(module) => {
-                    loaded.insert(module.info.name.clone(), Arc::new(module));
+                    let module = Arc::new(module);
+                    lock(&registry.loaded).push(Arc::downgrade(&module));
+                    modules.insert(module.info.name.clone(), module);
                 }
                 Err(err) => {
                     tracing::error!(path = %path.display(), "skipping stored module: {err:#}")
                 }
             }
         }
-        *registry.modules.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        *registry.modules.write().unwrap_or_else(|e| e.into_inner()) = modules;
+        registry.collect_garbage(true);
         Ok(registry)
     }
 
+    /// Uploads compiling and waiting.
+    pub fn compiler(&self) -> &Compiler {
+        &self.compiler
+    }
+
     fn load(&self, meta: &Path) -> Result<LoadedModule> {
-        let info: ModuleInfo = serde_json::from_slice(&std::fs::read(meta)?)?;
+        let mut info: ModuleInfo = serde_json::from_slice(&std::fs::read(meta)?)?;
         validate_name(&info.name).map_err(anyhow::Error::msg)?;
         let names: Vec<Option<String>> = serde_json::from_slice(&std::fs::read(
-            self.blob(&info.runnable_sha256, "names.json"),
+            self.store.blob(&info.runnable_sha256, "names.json"),
         )?)?;
         let module = self.compiled(&info.runnable_sha256)?;
         let pre = self.runtime.prepare(&module, info.trap_unknown_imports)?;
+        info.entry = EntryPoints::of(&module).map_err(anyhow::Error::msg)?;
         Ok(LoadedModule {
             info,
             pre,
@@ -199,149 +251,191 @@ impl Registry {
         })
     }
 
-    /// The module compiled for this engine: the stored artifact, or compiled now and stored.
+    /// The stored module `sha` compiled for this engine: its artifact, or compiled now (after
+    /// an engine upgrade) and stored.
     fn compiled(&self, sha: &str) -> Result<Module> {
-        let path = self.artifact(sha);
+        let path = self.store.artifact(sha);
         if path.exists() {
-            // SAFETY: the artifact was produced by `Module::serialize` of this server into its own
-            // data directory, and its name pins the engine's compatibility hash.
-            #[allow(unsafe_code)]
-            match unsafe { Module::deserialize_file(self.runtime.engine(), &path) } {
+            match self.deserialize(&path) {
                 Ok(module) => return Ok(module),
                 Err(err) => tracing::warn!(path = %path.display(), "recompiling: {err:#}"),
             }
         }
-        let wasm = std::fs::read(self.blob(sha, "wasm"))?;
+        let wasm = std::fs::read(self.store.blob(sha, "wasm"))?;
         let module = Module::new(self.runtime.engine(), &wasm)?;
         write_atomic(&path, &module.serialize()?)?;
         Ok(module)
     }
 
-    /// Where the code of module `sha` compiled for this engine is kept.
-    fn artifact(&self, sha: &str) -> PathBuf {
-        self.dir
-            .join("compiled")
-            .join(format!("{sha}-{}.cwasm", self.engine_key))
-    }
-
-    fn blob(&self, sha: &str, kind: &str) -> PathBuf {
-        self.dir.join("blobs").join(format!("{sha}.{kind}"))
+    fn deserialize(&self, artifact: &Path) -> Result<Module> {
+        // SAFETY: artifacts are produced by `Module::serialize` of this program (a compile worker
+        // or the server itself) and only ever read from the server's own data directory; their
+        // names pin the engine's compatibility hash.
+        #[allow(unsafe_code)]
+        let module = unsafe { Module::deserialize_file(self.runtime.engine(), artifact)? };
+        Ok(module)
     }
 
     /// Instruments, compiles, links and stores `wasm` under `name`, replacing any previous
     /// version atomically. Runs in flight keep the version they started with; on any error the
-    /// previous version stays.
+    /// previous version stays. `admission` is the upload's place in the compile queue.
     ///
     /// # Errors
     ///
     /// [`UploadError`] says why.
-    pub fn upload(
+    pub async fn upload(
         &self,
+        admission: &Admission,
         name: &str,
         wasm: &[u8],
         options: UploadOptions,
     ) -> Result<(ModuleInfo, UploadTimings), UploadError> {
-        let clock = Instant::now();
-        let (runnable, functions, names, tracing) = if options.instrument {
-            let out = iota_instrument::instrument(
-                wasm,
-                Options::new().if_instrumented(IfInstrumented::PassThrough),
-            )?;
-            let tracing = if out.passed_through {
-                Tracing::Preinstrumented
-            } else {
-                Tracing::Iota
-            };
-            (out.wasm, out.functions, true, tracing)
-        } else {
-            // Validated and named like any upload, left as it is.
-            let out = iota_instrument::instrument(
-                wasm,
-                Options::new().if_instrumented(IfInstrumented::PassThrough),
-            )?;
-            (wasm.to_vec(), out.functions, false, Tracing::None)
-        };
-        let instrument_ms = ms(clock);
+        let compiled = self
+            .compiler
+            .compile(admission, wasm, options.instrument)
+            .await?;
+        let sha256 = sha256_hex(wasm);
+        // File work, not to be cut short by an abandoned request.
+        let result = tokio::task::block_in_place(|| self.install(name, sha256, compiled, options));
+        if result.is_ok() {
+            self.collect_garbage(false);
+        }
+        result
+    }
 
+    fn install(
+        &self,
+        name: &str,
+        sha256: String,
+        compiled: Compiled,
+        options: UploadOptions,
+    ) -> Result<(ModuleInfo, UploadTimings), UploadError> {
         let clock = Instant::now();
-        let module = Module::new(self.runtime.engine(), &runnable)
-            .map_err(|e| UploadError::Compile(format!("{e:#}")))?;
+        let runnable = std::fs::read(&compiled.runnable).context("reading the compiled module")?;
+        let runnable_sha256 = sha256_hex(&runnable);
+        let module = self.deserialize(&compiled.artifact)?;
         let pre = self
             .runtime
             .prepare(&module, options.trap_unknown_imports)
             .map_err(|e| UploadError::Link(format!("{e:#}")))?;
-        let compile_ms = ms(clock);
-
-        let clock = Instant::now();
-        let traced_functions = if tracing == Tracing::None {
-            0
-        } else {
-            functions.iter().filter(|f| f.instrumented).count()
+        let entry = EntryPoints::of(&module).map_err(UploadError::NotRunnable)?;
+        let tracing = match (options.instrument, compiled.passed_through) {
+            (false, _) => Tracing::None,
+            (true, true) => Tracing::Preinstrumented,
+            (true, false) => Tracing::Iota,
         };
-        let mut by_id: Vec<Option<String>> = Vec::new();
-        if names {
-            let len = functions
-                .iter()
-                .map(|f| f.id as usize + 1)
-                .max()
-                .unwrap_or(0);
-            by_id.resize(len, None);
-            for f in &functions {
-                by_id[f.id as usize] = Some(f.name.clone());
-            }
-        }
+        let names = names_by_id(&compiled.functions, tracing);
         let info = ModuleInfo {
             name: name.to_string(),
-            sha256: hex::encode(Sha256::digest(wasm)),
-            runnable_sha256: hex::encode(Sha256::digest(&runnable)),
-            original_size: wasm.len(),
+            original_size: std::fs::metadata(&compiled.original).map_or(0, |m| m.len() as usize),
             runnable_size: runnable.len(),
-            functions: functions.len(),
-            traced_functions,
+            functions: compiled.functions.len(),
+            traced_functions: match tracing {
+                Tracing::None => 0,
+                _ => compiled.functions.iter().filter(|f| f.instrumented).count(),
+            },
             tracing,
+            entry,
             trap_unknown_imports: options.trap_unknown_imports,
             spans: options.spans,
             uploaded_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            sha256,
+            runnable_sha256,
         };
-        let sha = &info.runnable_sha256;
-        write_atomic(&self.blob(&info.sha256, "wasm"), wasm)?;
-        write_atomic(&self.blob(sha, "wasm"), &runnable)?;
-        write_atomic(
-            &self.blob(sha, "names.json"),
-            &serde_json::to_vec(&by_id).context("names")?,
+
+        let _installing = self.installing([&info.sha256, &info.runnable_sha256]);
+        let store = &self.store;
+        store.install(&compiled.original, &store.blob(&info.sha256, "wasm"))?;
+        store.install(
+            &compiled.runnable,
+            &store.blob(&info.runnable_sha256, "wasm"),
         )?;
-        let compiled = self.artifact(sha);
-        let artifact = module
-            .serialize()
-            .map_err(|e| anyhow::anyhow!("serializing compiled code: {e:#}"))?;
-        write_atomic(&compiled, &artifact)?;
+        store.install(&compiled.artifact, &store.artifact(&info.runnable_sha256))?;
+        write_atomic(
+            &store.blob(&info.runnable_sha256, "names.json"),
+            &serde_json::to_vec(&names).context("names")?,
+        )?;
         let loaded = Arc::new(LoadedModule {
             info: info.clone(),
             pre,
-            names: by_id.into(),
+            names: names.into(),
         });
         {
-            let _switch = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-            let meta = self.dir.join("modules").join(format!("{name}.json"));
+            let _switch = lock(&self.writes);
             write_atomic(
-                &meta,
+                &store.version(name),
                 &serde_json::to_vec_pretty(&info).context("module info")?,
             )?;
+            lock(&self.loaded).push(Arc::downgrade(&loaded));
             self.modules
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(name.to_string(), loaded);
         }
-        Ok((
-            info,
-            UploadTimings {
-                instrument_ms,
-                compile_ms,
-                store_ms: ms(clock),
-            },
-        ))
+        let timings = UploadTimings {
+            instrument_ms: compiled.instrument_ms,
+            compile_ms: compiled.compile_ms,
+            store_ms: clock.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok((info, timings))
+    }
+
+    /// Marks content as being installed until the guard drops, so no collection removes it
+    /// before its version refers to it.
+    fn installing<'a>(&'a self, shas: [&String; 2]) -> impl Drop + 'a {
+        struct Installing<'a>(&'a Registry, [String; 2]);
+        impl Drop for Installing<'_> {
+            fn drop(&mut self) {
+                let mut installing = lock(&self.0.installing);
+                for sha in &self.1 {
+                    if let Some(count) = installing.get_mut(sha) {
+                        *count -= 1;
+                        if *count == 0 {
+                            installing.remove(sha);
+                        }
+                    }
+                }
+            }
+        }
+        let mut installing = lock(&self.installing);
+        for sha in shas {
+            *installing.entry(sha.clone()).or_default() += 1;
+        }
+        Installing(self, shas.map(String::clone))
+    }
+
+    /// Removes content no version refers to, no upload is installing and no run holds; with
+    /// `at_startup`, also what interrupted writes left. Failures are logged: collection is
+    /// retried at the next replacement, deletion or start.
+    fn collect_garbage(&self, at_startup: bool) -> Collected {
+        let _switch = lock(&self.writes);
+        let mut in_use: HashSet<String> = lock(&self.installing).keys().cloned().collect();
+        lock(&self.loaded).retain(|version| match version.upgrade() {
+            Some(module) => {
+                in_use.insert(module.info.sha256.clone());
+                in_use.insert(module.info.runnable_sha256.clone());
+                true
+            }
+            None => false,
+        });
+        match self.store.collect(&in_use, at_startup) {
+            Ok(collected) => {
+                if collected.files > 0 {
+                    tracing::info!(
+                        files = collected.files,
+                        bytes = collected.bytes,
+                        "removed unreferenced content"
+                    );
+                }
+                collected
+            }
+            Err(err) => {
+                tracing::error!("collecting unreferenced content: {err:#}");
+                Collected::default()
+            }
+        }
     }
 
     /// The module stored under `name`.
@@ -363,48 +457,54 @@ impl Registry {
             .collect()
     }
 
-    /// Removes `name`; returns whether it existed.
+    /// Removes `name`; returns whether it existed. Its content goes once no run holds it.
     ///
     /// # Errors
     ///
     /// If its file cannot be removed.
     pub fn delete(&self, name: &str) -> Result<bool> {
-        let _switch = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        let existed = self
-            .modules
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
-            .is_some();
+        let existed = {
+            let _switch = lock(&self.writes);
+            let existed = self
+                .modules
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name)
+                .is_some();
+            if existed {
+                let meta = self.store.version(name);
+                std::fs::remove_file(&meta)
+                    .with_context(|| format!("removing {}", meta.display()))?;
+            }
+            existed
+        };
         if existed {
-            let meta = self.dir.join("modules").join(format!("{name}.json"));
-            std::fs::remove_file(&meta).with_context(|| format!("removing {}", meta.display()))?;
+            self.collect_garbage(false);
         }
         Ok(existed)
     }
-}
 
-fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1e3
-}
-
-/// Writes `bytes` to a temporary file beside `path`, flushes it to disk and renames it over `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok::<_, std::io::Error>(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    /// Bytes in the data directory.
+    pub fn disk_bytes(&self) -> u64 {
+        self.store.bytes()
     }
-    result.with_context(|| format!("writing {}", path.display()))
+}
+
+/// Function names indexed by hook id (none for a module that reports no calls).
+fn names_by_id(functions: &[FunctionEntry], tracing: Tracing) -> Vec<Option<String>> {
+    if tracing == Tracing::None {
+        return Vec::new();
+    }
+    let len = functions
+        .iter()
+        .map(|f| f.id as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut by_id = vec![None; len];
+    for f in functions {
+        by_id[f.id as usize] = Some(f.name.clone());
+    }
+    by_id
 }
 
 #[cfg(test)]

@@ -173,6 +173,8 @@ fn outcome(ending: &Ending) -> &'static str {
         Ending::Exit(_) => "exit",
         Ending::Trap { .. } => "trap",
         Ending::Timeout => "timeout",
+        Ending::Cancelled(_) => "cancelled",
+        Ending::HostError(_) => "host_error",
     }
 }
 

@@ -125,6 +125,7 @@ struct Volume {
     ignored_calls: u64,
     recorder_bytes: usize,
     min_span_ns: u64,
+    run_memory_bytes: usize,
 }
 
 /// One function's exact totals over a run, whatever spans were kept.
@@ -147,7 +148,7 @@ pub struct FunctionStats {
 /// How a run ended, as the trace tells it.
 #[derive(Debug, Clone)]
 pub enum Ending {
-    /// `_start` returned or the guest called `proc_exit`.
+    /// `_start` (or the reactor's function) returned, or the guest called `proc_exit`.
     Exit(i32),
     /// The guest trapped.
     Trap {
@@ -158,15 +159,40 @@ pub enum Ending {
     },
     /// The wall-clock limit ran out.
     Timeout,
+    /// The run was stopped before it ended.
+    Cancelled(Cancel),
+    /// The host could not run the guest (no instance could be made).
+    HostError(String),
+}
+
+/// Why a run was stopped before it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// The client went away before the answer.
+    ClientDisconnected,
+    /// The request body (the guest's stdin) went past its limit of this many bytes.
+    BodyTooLarge(usize),
+}
+
+impl std::fmt::Display for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cancel::ClientDisconnected => f.write_str("client disconnected"),
+            Cancel::BodyTooLarge(limit) => write!(f, "request body larger than {limit} bytes"),
+        }
+    }
 }
 
 impl Ending {
-    fn error(&self) -> Option<String> {
+    /// What went wrong, if the run failed.
+    pub fn error(&self) -> Option<String> {
         match self {
             Ending::Exit(0) => None,
             Ending::Exit(code) => Some(format!("exited with code {code}")),
             Ending::Trap { message, .. } => Some(format!("trap: {message}")),
             Ending::Timeout => Some("timed out".into()),
+            Ending::Cancelled(cancel) => Some(format!("cancelled: {cancel}")),
+            Ending::HostError(message) => Some(format!("host error: {message}")),
         }
     }
 }
@@ -197,6 +223,8 @@ pub struct RunFacts {
     pub stderr: Bytes,
     /// Upper bound on function spans.
     pub max_spans: usize,
+    /// Bytes the run held at its end: memories, tables and host buffers.
+    pub memory_bytes: usize,
 }
 
 impl TraceRecord {
@@ -233,6 +261,7 @@ impl TraceRecord {
                 ignored_calls: recorder.ignored_calls(),
                 recorder_bytes: recorder.memory_bytes(),
                 min_span_ns: recorder.min_span_ns(),
+                run_memory_bytes: facts.memory_bytes,
             },
             calls,
             grows,
@@ -331,6 +360,7 @@ impl TraceRecord {
             KeyValue::new("iota.events.dropped", v.dropped_events as i64),
             KeyValue::new("iota.hook_calls.ignored", v.ignored_calls as i64),
             KeyValue::new("iota.recorder.bytes", v.recorder_bytes as i64),
+            KeyValue::new("iota.run.memory_bytes", v.run_memory_bytes as i64),
         ];
         run_attributes.extend(aggregate_attributes(&functions));
         let mut call_events: Vec<Vec<SpanEventRecord>> = vec![Vec::new(); self.calls.len()];
@@ -385,18 +415,27 @@ impl TraceRecord {
                 kind: SpanKind::Internal,
                 start: at(call.start),
                 end: at(call.end),
-                attributes: vec![
-                    KeyValue::new("code.function.name", name),
-                    KeyValue::new("wasm.function.index", i64::from(call.id)),
-                ],
+                attributes: call_attributes(name, call),
                 events: std::mem::take(&mut call_events[i]),
-                error: call
-                    .unfinished
-                    .then(|| error.clone().unwrap_or_else(|| "did not return".into())),
+                // A frame left open is an error only if the run failed: `proc_exit(0)` leaves
+                // open frames too.
+                error: if call.unfinished { error.clone() } else { None },
             });
         }
         spans
     }
+}
+
+/// A function span's attributes; a call still open when the run ended says so.
+fn call_attributes(name: String, call: &Call) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("code.function.name", name),
+        KeyValue::new("wasm.function.index", i64::from(call.id)),
+    ];
+    if call.unfinished {
+        attributes.push(KeyValue::new("iota.call.unfinished", true));
+    }
+    attributes
 }
 
 /// The id of the `index`th call span under `run_span`: distinct per index, never zero.

@@ -9,9 +9,13 @@
 //! its finished calls leave and the minimum rises, so the log always holds the longest calls of
 //! the run so far. Room is always kept for the exits of logged calls, so it stays a consistent
 //! tree. A guest may call the hooks itself: ids are bounded by the module's function count and
-//! the shadow stack by a fixed depth, so memory stays bounded whatever it does.
+//! the shadow stack by a fixed depth, so memory stays bounded whatever it does. Every byte the
+//! recorder holds is charged to the run's [`MemoryBudget`]: where the budget says no, the log
+//! counts as full and deeper frames are ignored, as at the fixed bounds.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use crate::budget::MemoryBudget;
 
 /// One calibrated clock for the process: the CPU's time-stamp counter where it is invariant
 /// (a few nanoseconds a read), else the OS monotonic clock.
@@ -89,26 +93,52 @@ pub struct Recorder {
     logged_open: usize,
     aggregates: Vec<Aggregate>,
     ignored_calls: u64,
+    budget: Arc<MemoryBudget>,
 }
 
 impl Recorder {
     /// A recorder for a module whose function ids are below `functions`, logging at most
     /// `max_events` events and only calls lasting at least `min_span_ns`.
     pub fn new(functions: usize, max_events: usize, min_span_ns: u64) -> Self {
+        Self::with_budget(
+            functions,
+            max_events,
+            min_span_ns,
+            Arc::new(MemoryBudget::new(usize::MAX)),
+        )
+    }
+
+    /// As [`new`](Self::new), charging what it holds to `budget`.
+    pub fn with_budget(
+        functions: usize,
+        max_events: usize,
+        min_span_ns: u64,
+        budget: Arc<MemoryBudget>,
+    ) -> Self {
         let clock = clock();
+        let events = Vec::with_capacity(max_events.min(256));
+        let stack = Vec::with_capacity(64);
+        let aggregates = vec![Aggregate::default(); functions];
+        // The first buffers are needed whatever happens; the limit then stops all else.
+        budget.charge(
+            events.capacity() * size_of::<Event>()
+                + stack.capacity() * size_of::<Frame>()
+                + aggregates.len() * size_of::<Aggregate>(),
+        );
         Recorder {
             clock,
             origin: clock.raw(),
-            events: Vec::with_capacity(max_events.min(256)),
+            events,
             max_events,
             min_span_ns,
             can_compact: true,
             dropped_events: 0,
             short_calls: 0,
-            stack: Vec::with_capacity(64),
+            stack,
             logged_open: 0,
-            aggregates: vec![Aggregate::default(); functions],
+            aggregates,
             ignored_calls: 0,
+            budget,
         }
     }
 
@@ -123,25 +153,30 @@ impl Recorder {
         self.clock.delta_as_nanos(self.origin, self.clock.raw())
     }
 
-    /// Whether one more event fits beside the exits reserved for logged open frames.
+    /// Whether `extra` more events fit in the log beside the exits reserved for logged open
+    /// frames, growing it (within `max_events` and the budget) if needed. Reserved exits always
+    /// have allocated room, so logging them never allocates.
     #[inline]
-    fn has_room(&self) -> bool {
-        self.events.len() + self.logged_open < self.max_events
+    fn has_room(&mut self, extra: usize) -> bool {
+        let needed = self.events.len() + self.logged_open + extra;
+        needed <= self.events.capacity() || self.grow_log(needed)
     }
 
     /// The `enter(id)` hook.
     #[inline]
     pub fn enter(&mut self, id: u32) {
-        if id as usize >= self.aggregates.len() || self.stack.len() >= MAX_DEPTH {
+        if id as usize >= self.aggregates.len()
+            || (self.stack.len() == self.stack.capacity() && !self.grow_stack())
+        {
             self.ignored_calls += 1;
             return;
         }
         let at = self.now();
         // An enter needs room for itself and its exit.
-        let mut logged = self.events.len() + self.logged_open + 2 <= self.max_events;
+        let mut logged = self.has_room(2);
         if !logged && self.can_compact {
             self.compact();
-            logged = self.events.len() + self.logged_open + 2 <= self.max_events;
+            logged = self.has_room(2);
         }
         let log_index = if logged {
             self.events.len()
@@ -164,6 +199,22 @@ impl Recorder {
             children_ns: 0,
             log_index,
         });
+    }
+
+    /// Doubles the shadow stack, up to [`MAX_DEPTH`] frames and within the budget; returns
+    /// whether there is room for one more frame.
+    #[cold]
+    fn grow_stack(&mut self) -> bool {
+        let capacity = self.stack.capacity();
+        if capacity >= MAX_DEPTH {
+            return false;
+        }
+        let more = capacity.clamp(1, MAX_DEPTH - capacity);
+        if !self.budget.try_charge(more * size_of::<Frame>()) {
+            return false;
+        }
+        self.stack.reserve_exact(more);
+        true
     }
 
     /// The `exit(id)` hook. An id that is not the innermost open frame closes the frames above
@@ -197,21 +248,32 @@ impl Recorder {
         }
     }
 
-    /// Appends to the log, growing it no further than `max_events`.
+    /// Appends to the log, in room [`has_room`](Self::has_room) made.
     #[inline]
     fn log(&mut self, event: Event) {
-        if self.events.len() == self.events.capacity() {
-            self.grow_log();
-        }
+        debug_assert!(self.events.len() < self.events.capacity());
         self.events.push(event);
     }
 
-    /// Grows the log, never past `max_events`.
+    /// Grows the log to hold `needed` events: doubling, never past `max_events`, and only as
+    /// far as the budget allows. Returns whether it now holds them.
     #[cold]
-    fn grow_log(&mut self) {
-        let room = self.max_events - self.events.len();
-        self.events
-            .reserve_exact(self.events.capacity().clamp(1, room.max(1)));
+    fn grow_log(&mut self, needed: usize) -> bool {
+        let capacity = self.events.capacity();
+        if needed > self.max_events {
+            return false;
+        }
+        let doubled = needed.max(capacity.saturating_mul(2)).min(self.max_events);
+        for target in [doubled, needed] {
+            if self
+                .budget
+                .try_charge((target - capacity) * size_of::<Event>())
+            {
+                self.events.reserve_exact(target - self.events.len());
+                return true;
+            }
+        }
+        false
     }
 
     /// Makes room in a full log by raising the minimum span duration: the shorter half of the
@@ -221,6 +283,17 @@ impl Recorder {
     /// frees less than a quarter of the log (a log of open frames and memory growth).
     #[cold]
     fn compact(&mut self) {
+        // Its working memory (`aux`, `durations`, `keep`) is charged while it runs.
+        let scratch = self.events.len() * (2 * size_of::<u64>() + 1);
+        if !self.budget.try_charge(scratch) {
+            self.can_compact = false;
+            return;
+        }
+        self.compact_within_budget();
+        self.budget.release(scratch);
+    }
+
+    fn compact_within_budget(&mut self) {
         // For an enter: when its call ended (OPEN if it has not); for an exit: its enter.
         const OPEN: u64 = u64::MAX;
         let mut aux = vec![OPEN; self.events.len()];
@@ -290,7 +363,7 @@ impl Recorder {
     #[inline]
     pub fn memory_grow(&mut self, pages: u32) {
         let at = self.now();
-        if self.has_room() {
+        if self.has_room(1) {
             self.log(Event {
                 at,
                 id: pages,

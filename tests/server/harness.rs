@@ -279,3 +279,112 @@ fn bounds(span: &serde_json::Value) -> (u128, u128) {
     let duration = span["duration_ns"].as_u64().unwrap() as u128;
     (start, start + duration)
 }
+
+impl Server {
+    /// The value of the Prometheus metric `name` (a counter or gauge without labels).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.get("/metrics").text().unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until the metric `name` reaches `value` (a state the server is known to reach).
+    pub fn wait_for_metric(&self, name: &str, value: u64) {
+        wait_until(&format!("{name} == {value}"), || self.metric(name) == value);
+    }
+
+    /// Opens a raw connection and sends the head of `POST {path}` declaring `length` body
+    /// bytes, and `body` (possibly fewer bytes than declared: the rest can follow). The
+    /// connection closes after the answer.
+    pub fn post_partial(&self, path: &str, length: usize, body: &[u8]) -> RawRequest {
+        use std::io::Write;
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        stream.write_all(body).unwrap();
+        RawRequest { stream }
+    }
+
+    /// The processes the server started whose command line contains `needle`.
+    pub fn children_running(&self, needle: &str) -> Vec<u32> {
+        let parent = self.pid();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: comm may hold spaces, so split after its `)`.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(needle) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+}
+
+/// A request on a raw connection, answered when its body is complete (or the run ends).
+pub struct RawRequest {
+    stream: std::net::TcpStream,
+}
+
+impl RawRequest {
+    /// Sends more of the body.
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads the whole answer: status and body.
+    pub fn response(mut self) -> (u16, String) {
+        use std::io::Read;
+        let mut response = Vec::new();
+        self.stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_string())
+    }
+}
+
+/// Polls `condition` until it holds; fails after a minute (the condition names a state the
+/// server reaches by itself, so this only bounds a broken server).
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`, ...) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}

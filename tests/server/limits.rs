@@ -31,7 +31,7 @@ fn memory_limit_stops_a_memory_bomb() {
     let (status, error) = error_of(server.run("name=bomb", ""));
     assert_eq!(status, 500);
     assert!(
-        error.starts_with("guest trapped: forcing trap when growing memory"),
+        error.starts_with("guest trapped: memory limit exceeded: growing a memory by"),
         "{error}"
     );
     assert_eq!(server.get("/healthz").status(), 200);

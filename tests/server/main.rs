@@ -9,6 +9,7 @@ mod harness;
 #[allow(dead_code)]
 #[path = "../common/hooks.rs"]
 mod hooks;
+mod isolation;
 mod limits;
 mod otlp;
 #[path = "../common/programs.rs"]

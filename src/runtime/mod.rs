@@ -1,5 +1,15 @@
 //! wasmtime: one engine for all modules, a linker with WASI and the hooks, a fresh store per run.
+//!
+//! A run is async: WASI calls that wait (a sleep, a read of stdin) are futures, and compute
+//! yields to the executor at every epoch tick. So a run ends at its deadline, or when it is
+//! cancelled, whatever the guest is doing: the run's future is dropped, which unwinds the guest,
+//! and the store is still there to read its trace from.
 
+pub mod entry;
+pub mod limiter;
+pub mod stdio;
+
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -8,17 +18,22 @@ use bytes::Bytes;
 use iota_instrument as abi;
 use wasmtime::{
     Caller, Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, WasmBacktrace,
+    PoolingAllocationConfig, Store, Trap, WasmBacktrace,
 };
 use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::cli::AsyncStdinStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
+use crate::budget::MemoryBudget;
 use crate::config::ServeConfig;
-use crate::trace::Ending;
 use crate::trace::recorder::Recorder;
+use crate::trace::{Cancel, Ending};
+use entry::Call;
+use limiter::{BudgetLimiter, LimitExceeded};
+use stdio::CapturedOutput;
 
-/// How often the epoch advances: the resolution of the run timeout.
+/// How often the epoch advances: how often a computing guest yields, and so the resolution of
+/// the run timeout and of cancellation.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// What a run's store holds.
@@ -26,7 +41,7 @@ pub struct RunState {
     wasi: WasiP1Ctx,
     /// The hooks' event log.
     pub recorder: Recorder,
-    limits: StoreLimits,
+    limiter: BudgetLimiter,
 }
 
 /// Limits applied to every run.
@@ -34,7 +49,7 @@ pub struct RunState {
 pub struct RunLimits {
     /// Wall-clock limit.
     pub timeout: Duration,
-    /// Linear memory limit in bytes.
+    /// Memory a run may make the server hold: memories, tables and host buffers together.
     pub memory: usize,
     /// Largest stdout kept.
     pub stdout: usize,
@@ -67,6 +82,24 @@ pub struct Runtime {
     limits: RunLimits,
 }
 
+/// What one run executes.
+pub struct Invocation<'a> {
+    /// The linked module.
+    pub pre: &'a InstancePre<RunState>,
+    /// `argv[0]`: the module's name.
+    pub program: &'a str,
+    /// `argv[1..]`.
+    pub args: &'a [String],
+    /// What to call.
+    pub call: &'a Call,
+    /// The guest's stdin.
+    pub stdin: AsyncStdinStream,
+    /// Hook ids the recorder accepts are below this.
+    pub functions: usize,
+    /// Calls shorter than this count in the aggregates only.
+    pub min_span_ns: u64,
+}
+
 /// The result of one run.
 pub struct RunOutcome {
     /// Everything the guest wrote to stdout (up to the cap).
@@ -81,8 +114,19 @@ pub struct RunOutcome {
     pub started: SystemTime,
     /// Nanoseconds from start to end.
     pub run_ns: u64,
-    /// The guest filled the stdout cap.
-    pub stdout_full: bool,
+    /// Some of stdout was dropped (its cap or the memory limit).
+    pub stdout_truncated: bool,
+    /// Peak bytes the run held: memories, tables and host buffers.
+    pub memory_bytes: usize,
+}
+
+/// The engine settings every compiled module must share: the WebAssembly proposals the server
+/// runs (exceptions, tail calls, function references, GC, multi-memory, memory64, SIMD, relaxed
+/// SIMD, extended constants, wide arithmetic) and epoch interruption.
+pub fn engine_config() -> Config {
+    let mut config = proposals();
+    config.epoch_interruption(true);
+    config
 }
 
 /// The WebAssembly proposals the server runs: exceptions, tail calls, function references, GC,
@@ -104,15 +148,14 @@ pub fn proposals() -> Config {
 }
 
 impl Runtime {
-    /// Builds the engine (exceptions, tail calls, SIMD, multi-memory, memory64 and GC on; epoch
-    /// interruption for timeouts) and starts the epoch ticker.
+    /// Builds the engine (see [`engine_config`]), the linker (async WASI preview 1 and the
+    /// hooks), and starts the epoch ticker.
     ///
     /// # Errors
     ///
     /// If wasmtime rejects the configuration.
     pub fn new(limits: RunLimits) -> Result<Arc<Self>> {
-        let mut config = proposals();
-        config.epoch_interruption(true);
+        let mut config = engine_config();
         // Instances come from a pre-reserved pool (fast to create and reset) when the machine
         // lets us reserve it; otherwise they are allocated on demand.
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&limits)));
@@ -125,7 +168,7 @@ impl Runtime {
             }
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut RunState| &mut s.wasi)?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut RunState| &mut s.wasi)?;
         link_hooks(&mut linker, |s: &mut RunState| &mut s.recorder)?;
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -149,6 +192,11 @@ impl Runtime {
         &self.engine
     }
 
+    /// The limits of every run.
+    pub fn limits(&self) -> &RunLimits {
+        &self.limits
+    }
+
     /// Links `module` once for all its runs. With `trap_unknown_imports`, imports that neither
     /// WASI nor the hooks provide are defined as functions that trap when called.
     ///
@@ -168,69 +216,100 @@ impl Runtime {
         Ok(self.linker.instantiate_pre(module)?)
     }
 
-    /// Runs a WASI command's `_start` with `args` (argv[1..]) and `stdin`, in a fresh store.
-    /// `functions` bounds the hook ids the recorder accepts; calls shorter than `min_span_ns`
-    /// count in the aggregates only.
-    pub fn run(
+    /// Runs `invocation` in a fresh store until it ends, its deadline passes, or `cancelled`
+    /// resolves, whichever comes first. Frames left open are closed by the recorder.
+    pub async fn run(
         &self,
-        pre: &InstancePre<RunState>,
-        name: &str,
-        args: &[String],
-        stdin: Bytes,
-        functions: usize,
-        min_span_ns: u64,
+        invocation: Invocation<'_>,
+        cancelled: impl Future<Output = Cancel>,
     ) -> RunOutcome {
-        let stdout = MemoryOutputPipe::new(self.limits.stdout);
-        let stderr = MemoryOutputPipe::new(self.limits.stderr);
-        let mut argv = Vec::with_capacity(args.len() + 1);
-        argv.push(name.to_string());
-        argv.extend(args.iter().cloned());
+        let budget = Arc::new(MemoryBudget::new(self.limits.memory));
+        // The stdin path's buffers are held whatever the guest reads.
+        budget.charge(stdio::STDIN_HELD);
+        let stdout = CapturedOutput::new(self.limits.stdout, budget.clone());
+        let stderr = CapturedOutput::new(self.limits.stderr, budget.clone());
+        let mut argv = Vec::with_capacity(invocation.args.len() + 1);
+        argv.push(invocation.program.to_string());
+        argv.extend(invocation.args.iter().cloned());
         let wasi = WasiCtxBuilder::new()
-            .stdin(MemoryInputPipe::new(stdin))
+            .stdin(invocation.stdin)
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .args(&argv)
             .build_p1();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory)
-            .trap_on_grow_failure(true)
-            .build();
         let state = RunState {
             wasi,
-            recorder: Recorder::new(functions, self.limits.max_events, min_span_ns),
-            limits,
+            recorder: Recorder::with_budget(
+                invocation.functions,
+                self.limits.max_events,
+                invocation.min_span_ns,
+                budget.clone(),
+            ),
+            limiter: BudgetLimiter::new(budget.clone()),
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        let ticks = self
-            .limits
-            .timeout
-            .as_nanos()
-            .div_ceil(EPOCH_TICK.as_nanos()) as u64
-            + 1;
-        store.set_epoch_deadline(ticks);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
 
         let started = SystemTime::now();
         store.data_mut().recorder.start();
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
-            .and_then(|start| start.call(&mut store, ()));
-        let ending = ending(result);
+        let ending = {
+            let guest = call(&mut store, invocation.pre, invocation.call);
+            tokio::select! {
+                result = guest => result,
+                () = tokio::time::sleep(self.limits.timeout) => Ending::Timeout,
+                cancel = cancelled => Ending::Cancelled(cancel),
+            }
+        };
         // The run ends on the recorder's clock, so no event can fall after it.
         let mut recorder = store.into_data().recorder;
         let run_ns = recorder.now();
         recorder.finish(run_ns);
-        let stdout = stdout.contents();
+        let (stdout, stdout_truncated) = stdout.contents();
+        let (stderr, _) = stderr.contents();
         RunOutcome {
-            stdout_full: stdout.len() >= self.limits.stdout,
             stdout,
-            stderr: stderr.contents(),
+            stdout_truncated,
+            stderr,
             ending,
             recorder,
             started,
             run_ns,
+            memory_bytes: budget.used(),
         }
+    }
+}
+
+/// Instantiates the module and calls what the run asked for.
+async fn call(store: &mut Store<RunState>, pre: &InstancePre<RunState>, call: &Call) -> Ending {
+    let instance = match pre.instantiate_async(&mut *store).await {
+        Ok(instance) => instance,
+        Err(error) => return instantiation_ending(error),
+    };
+    let result = async {
+        match call {
+            Call::Start => {
+                let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+                start.call_async(&mut *store, ()).await
+            }
+            Call::Reactor {
+                initialize,
+                function,
+            } => {
+                if *initialize {
+                    let init = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
+                    init.call_async(&mut *store, ()).await?;
+                }
+                let function = instance.get_typed_func::<(), ()>(&mut *store, function)?;
+                function.call_async(&mut *store, ()).await
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => Ending::Exit(0),
+        Err(error) => guest_ending(error),
     }
 }
 
@@ -240,7 +319,8 @@ const KEEP_RESIDENT: usize = 4 << 20;
 /// A pool for the runs that may execute at once, with room for modules as large as real ones
 /// get (CPython, yosys): many functions, big tables, a few memories and tables each.
 fn pool(limits: &RunLimits) -> PoolingAllocationConfig {
-    // Instances may outlive their run briefly (drops race new runs): keep slack.
+    // A run frees its slot before its permit, so `concurrency` slots suffice; the rest is
+    // headroom for stores still being torn down by the allocator.
     let slots = (limits.concurrency as u32)
         .saturating_mul(2)
         .saturating_add(8);
@@ -248,6 +328,7 @@ fn pool(limits: &RunLimits) -> PoolingAllocationConfig {
     pool.total_core_instances(slots)
         .total_memories(slots.saturating_mul(2))
         .total_tables(slots.saturating_mul(2))
+        .total_stacks(slots)
         .max_memories_per_module(2)
         .max_tables_per_module(2)
         .max_memory_size(limits.memory)
@@ -262,16 +343,22 @@ fn pool(limits: &RunLimits) -> PoolingAllocationConfig {
     pool
 }
 
-fn ending(result: wasmtime::Result<()>) -> Ending {
-    let error = match result {
-        Ok(()) => return Ending::Exit(0),
-        Err(error) => error,
-    };
+/// How a run ended whose instantiation failed: the module's start function trapped or went
+/// past the memory limit (the guest's doing), or the host could not provide an instance.
+fn instantiation_ending(error: wasmtime::Error) -> Ending {
+    if error.downcast_ref::<Trap>().is_some()
+        || error.downcast_ref::<LimitExceeded>().is_some()
+        || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
+    {
+        return guest_ending(error);
+    }
+    Ending::HostError(format!("{error:#}"))
+}
+
+/// How a run ended whose guest returned `error`: an exit, or a trap.
+fn guest_ending(error: wasmtime::Error) -> Ending {
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return Ending::Exit(exit.0);
-    }
-    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return Ending::Timeout;
     }
     let backtrace = error
         .downcast_ref::<WasmBacktrace>()
@@ -285,7 +372,8 @@ fn ending(result: wasmtime::Result<()>) -> Ending {
                 .unwrap_or(&text)
                 .to_string()
         }
-        // Host errors (the memory limit, a WASI failure) carry the backtrace as context.
+        // Errors raised by host functions for the guest (the memory limit, a WASI call it
+        // misused) carry the backtrace as context.
         None => error.root_cause().to_string(),
     };
     Ending::Trap { message, backtrace }
@@ -321,4 +409,21 @@ pub fn link_hooks<T: 'static>(
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_told_apart() {
+        let exit = instantiation_ending(wasmtime_wasi::I32Exit(3).into());
+        assert!(matches!(exit, Ending::Exit(3)));
+        let trap = instantiation_ending(wasmtime::Error::from(Trap::UnreachableCodeReached));
+        assert!(matches!(trap, Ending::Trap { .. }));
+        let host = instantiation_ending(wasmtime::format_err!(
+            "maximum concurrent limit of 12 for core instances reached"
+        ));
+        assert!(matches!(host, Ending::HostError(m) if m.contains("concurrent limit")));
+    }
 }

@@ -1,0 +1,78 @@
+//! HTTP routes: upload, run, registry, traces, health and metrics.
+
+mod auth;
+mod error;
+mod query;
+mod read;
+mod run;
+mod upload;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub use auth::Tokens;
+pub use error::ApiError;
+
+use crate::registry::Registry;
+use crate::runs::{RunSlots, TraceSinks};
+use crate::runtime::Runtime;
+use crate::trace::SpanVolume;
+
+/// Shared state of the server.
+pub struct AppState {
+    /// Stored modules.
+    pub registry: Registry,
+    /// The engine and linker.
+    pub runtime: Arc<Runtime>,
+    /// Slots for runs executing at once.
+    pub runs: RunSlots,
+    /// Where runs execute: threads of their own, apart from the ones serving HTTP.
+    pub executor: tokio::runtime::Handle,
+    /// Where finished runs' traces go.
+    pub sinks: Arc<TraceSinks>,
+    /// Span limits of runs whose module sets none.
+    pub spans: SpanVolume,
+    /// Largest upload.
+    pub max_upload: usize,
+    /// Largest run body.
+    pub max_run_body: usize,
+    /// Upload counters.
+    pub uploads: UploadCounters,
+    /// Bearer tokens required, by kind of request.
+    pub tokens: Tokens,
+}
+
+/// Counters of uploads, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct UploadCounters {
+    /// Modules stored.
+    pub stored: AtomicU64,
+    /// Uploads refused because the compile queue was full.
+    pub rejected: AtomicU64,
+}
+
+/// The routes over `state`.
+pub fn app(state: Arc<AppState>) -> Router {
+    let upload_limit = state.max_upload;
+    Router::new()
+        .route(
+            "/upload",
+            post(upload::upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        // The run body is streamed into the guest and limited there.
+        .route("/run", post(run::run))
+        .route("/modules", get(read::list_modules))
+        .route(
+            "/modules/{name}",
+            get(read::get_module).delete(upload::delete_module),
+        )
+        .route("/traces", get(read::list_traces))
+        .route("/traces/{id}", get(read::get_trace))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(read::metrics))
+        .with_state(state)
+}

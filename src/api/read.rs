@@ -1,0 +1,191 @@
+//! The read endpoints: modules, traces and metrics (behind the read token, if one is set).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
+use opentelemetry::trace::TraceId;
+use serde_json::json;
+
+use super::AppState;
+use super::auth::authorize;
+use super::error::ApiError;
+use crate::registry::validate_name;
+
+fn authorize_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    authorize(headers, state.tokens.read.as_deref())
+}
+
+pub(super) async fn list_modules(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize_read(&state, &headers)?;
+    Ok(Json(json!({ "modules": state.registry.list() })))
+}
+
+pub(super) async fn get_module(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize_read(&state, &headers)?;
+    validate_name(&name).map_err(ApiError::bad_request)?;
+    let module = state
+        .registry
+        .get(&name)
+        .ok_or_else(|| ApiError::no_module(&name))?;
+    Ok(Json(
+        serde_json::to_value(&module.info).map_err(ApiError::internal)?,
+    ))
+}
+
+pub(super) async fn list_traces(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize_read(&state, &headers)?;
+    let traces: Vec<_> = state
+        .sinks
+        .recent
+        .list()
+        .iter()
+        .map(|t| {
+            json!({
+                "trace_id": t.trace_id.to_string(),
+                "module": t.module,
+                "start_unix_nanos": t.start().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
+                "duration_ns": t.duration().as_nanos(),
+                "spans": t.span_count(),
+                "error": t.error(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "traces": traces })))
+}
+
+pub(super) async fn get_trace(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize_read(&state, &headers)?;
+    let trace_id = TraceId::from_hex(&id)
+        .ok()
+        .filter(|_| id.len() == 32)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("invalid trace id `{id}`: expected 32 hex digits"))
+        })?;
+    let trace = state.sinks.recent.get(trace_id).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no recent trace `{id}`"),
+        )
+    })?;
+    Ok(Json(
+        json!({ "trace_id": id, "module": trace.module, "spans": trace.spans_json(), "functions": trace.functions() }),
+    ))
+}
+
+/// One line of Prometheus text: a counter or a gauge.
+fn metric(name: &str, kind: &str, help: &str, value: u64) -> String {
+    format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
+}
+
+pub(super) async fn metrics(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize_read(&state, &headers)?;
+    let runs = &state.sinks.counters;
+    let uploads = &state.uploads;
+    let mut counters: Vec<(&str, &str, &AtomicU64)> = vec![
+        ("iota_runs_total", "Runs completed.", &runs.finished),
+        (
+            "iota_run_failures_total",
+            "Runs that trapped, timed out, exited non-zero, failed in the host or were cancelled.",
+            &runs.failed,
+        ),
+        (
+            "iota_runs_cancelled_total",
+            "Runs cancelled: the client disconnected or sent too large a body.",
+            &runs.cancelled,
+        ),
+        (
+            "iota_runs_rejected_total",
+            "Runs refused with 503: no run slot freed up in time.",
+            &runs.rejected,
+        ),
+        ("iota_uploads_total", "Modules stored.", &uploads.stored),
+        (
+            "iota_uploads_rejected_total",
+            "Uploads refused with 503: the compile queue was full.",
+            &uploads.rejected,
+        ),
+        ("iota_spans_total", "Spans produced.", &runs.spans),
+    ];
+    if let Some(exporter) = &state.sinks.exporter {
+        let s = exporter.stats();
+        counters.extend([
+            (
+                "iota_otlp_exported_spans_total",
+                "Spans the collector accepted.",
+                &s.exported_spans,
+            ),
+            (
+                "iota_otlp_failed_spans_total",
+                "Spans in failed exports.",
+                &s.failed_spans,
+            ),
+            (
+                "iota_otlp_dropped_traces_total",
+                "Traces dropped on a full export queue.",
+                &s.dropped_traces,
+            ),
+            (
+                "iota_otlp_metric_exports_total",
+                "Metric exports the collector accepted.",
+                &s.metric_exports,
+            ),
+            (
+                "iota_otlp_failed_metric_exports_total",
+                "Metric exports that failed.",
+                &s.failed_metric_exports,
+            ),
+        ]);
+    }
+    let mut text: String = counters
+        .iter()
+        .map(|(name, help, value)| metric(name, "counter", help, value.load(Ordering::Relaxed)))
+        .collect();
+    let (compiling, waiting) = state.registry.compiler().load();
+    let data_bytes = tokio::task::block_in_place(|| state.registry.disk_bytes());
+    for (name, help, value) in [
+        (
+            "iota_runs_active",
+            "Runs executing now.",
+            runs.active.load(Ordering::Relaxed),
+        ),
+        (
+            "iota_uploads_compiling",
+            "Uploads being instrumented and compiled now.",
+            compiling as u64,
+        ),
+        (
+            "iota_uploads_waiting",
+            "Uploads waiting for a compile slot.",
+            waiting as u64,
+        ),
+        (
+            "iota_data_dir_bytes",
+            "Bytes stored in the data directory.",
+            data_bytes,
+        ),
+    ] {
+        text.push_str(&metric(name, "gauge", help, value));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}

@@ -1,0 +1,164 @@
+//! `POST /run`: a run of a stored module, its stdout as the answer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::auth::authorize;
+use super::error::ApiError;
+use super::query::{Query, parse_traceparent};
+use crate::runs::{self, Finished, RunJob, TraceContext};
+use crate::trace::{Cancel, Ending, new_span_id, new_trace_id};
+
+/// Seconds a client refused for lack of a run slot is told to wait.
+const RUN_RETRY_AFTER_SECS: u64 = 1;
+
+pub(super) async fn run(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let request_start = SystemTime::now();
+    let (parts, body) = request.into_parts();
+    authorize(&parts.headers, state.tokens.run.as_deref())?;
+    let query = Query::parse(query.as_deref());
+    let name = query.module_name()?;
+    let module = state
+        .registry
+        .get(&name)
+        .ok_or_else(|| ApiError::no_module(&name))?;
+    let call = module
+        .info
+        .entry
+        .call(query.last("fn"))
+        .map_err(ApiError::bad_request)?;
+    if declared_length(&parts.headers).is_some_and(|len| len > state.max_run_body as u64) {
+        return Err(body_too_large(state.max_run_body));
+    }
+    let trace = trace_context(&parts.headers, request_start);
+    let permit = state.runs.acquire().await.map_err(|overloaded| {
+        state
+            .sinks
+            .counters
+            .rejected
+            .fetch_add(1, Ordering::Relaxed);
+        ApiError::unavailable(
+            format!(
+                "server busy: no run slot freed up within {} ms; retry later",
+                overloaded.waited.as_millis()
+            ),
+            RUN_RETRY_AFTER_SECS,
+        )
+    })?;
+    let volume = module.info.spans.over(state.spans);
+    let job = RunJob {
+        module,
+        call,
+        args: query.all("arg"),
+        body,
+        max_body: state.max_run_body,
+        trace,
+        volume,
+    };
+    let answer = runs::start(
+        &state.executor,
+        state.runtime.clone(),
+        state.sinks.clone(),
+        job,
+        permit,
+    );
+    let finished = answer.await.map_err(ApiError::internal)?;
+    Ok(respond(finished, &trace, state.max_run_body))
+}
+
+/// The trace the run joins: the caller's (from `traceparent`), or a new one.
+fn trace_context(headers: &HeaderMap, request_start: SystemTime) -> TraceContext {
+    let (trace_id, remote_parent) = match parse_traceparent(headers) {
+        Some((trace, span)) => (trace, Some(span)),
+        None => (new_trace_id(), None),
+    };
+    TraceContext {
+        trace_id,
+        remote_parent,
+        request_span: new_span_id(),
+        request_start,
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn body_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body larger than {limit} bytes"),
+    )
+}
+
+/// The answer to a finished run: stdout for an exit, a JSON error otherwise; always the trace.
+fn respond(finished: Finished, trace: &TraceContext, max_body: usize) -> Response {
+    let trace_id = trace.trace_id.to_string();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-iota-trace-id", header_value(&trace_id));
+    headers.insert(
+        "traceparent",
+        header_value(&format!("00-{trace_id}-{}-01", trace.request_span)),
+    );
+    let error = match finished.ending {
+        Ending::Exit(code) => {
+            headers.insert("x-iota-exit-code", HeaderValue::from(code));
+            if finished.stdout_truncated {
+                headers.insert("x-iota-stdout-truncated", HeaderValue::from_static("true"));
+            }
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            let status = if code == 0 {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            return (status, headers, finished.stdout).into_response();
+        }
+        Ending::Trap { message, backtrace } => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("guest trapped: {message}"),
+        )
+        .with(json!({
+            "backtrace": backtrace,
+            "stdout": String::from_utf8_lossy(&finished.stdout),
+        })),
+        Ending::Timeout => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "guest timed out"),
+        Ending::Cancelled(Cancel::BodyTooLarge(_)) => body_too_large(max_body),
+        // Nobody is left to read this.
+        Ending::Cancelled(Cancel::ClientDisconnected) => {
+            ApiError::bad_request("client disconnected")
+        }
+        Ending::HostError(message) => {
+            tracing::error!(%trace_id, "host error: {message}");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("host error: {message}"),
+            )
+        }
+    };
+    let error = error.with_trace_id(&trace_id);
+    (headers, error).into_response()
+}
+
+fn header_value(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}

@@ -1,0 +1,162 @@
+//! `POST /upload` and `DELETE /modules/{name}`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+
+use super::AppState;
+use super::auth::authorize;
+use super::error::ApiError;
+use super::query::Query;
+use crate::registry::{UploadError, UploadOptions, validate_name};
+use crate::trace::SpanOverrides;
+
+/// Seconds a client refused for a full upload queue is told to wait.
+const UPLOAD_RETRY_AFTER_SECS: u64 = 10;
+
+pub(super) async fn upload(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Result<Response, ApiError> {
+    authorize(request.headers(), state.tokens.upload.as_deref())?;
+    let admission = match state.registry.compiler().admit() {
+        Ok(admission) => admission,
+        Err(busy) => {
+            state.uploads.rejected.fetch_add(1, Ordering::Relaxed);
+            // Read and drop what the client sends, so it gets the answer rather than a reset.
+            discard_body(request.into_body(), state.max_upload).await;
+            return Err(ApiError::unavailable(
+                busy.to_string(),
+                UPLOAD_RETRY_AFTER_SECS,
+            ));
+        }
+    };
+    // The body is read (within its limit) before the request is refused for anything else,
+    // so a client still sending a module gets the JSON error rather than a reset connection.
+    let wasm = upload_body(request, state.max_upload).await?;
+    let query = Query::parse(query.as_deref());
+    let name = query.module_name()?;
+    let options = upload_options(&query, &state)?;
+    let (info, timings) = state
+        .registry
+        .upload(&admission, &name, &wasm, options)
+        .await
+        .map_err(upload_error)?;
+    state.uploads.stored.fetch_add(1, Ordering::Relaxed);
+    let mut body = serde_json::to_value(&info).map_err(ApiError::internal)?;
+    body["timings_ms"] = serde_json::to_value(timings).map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn upload_options(query: &Query, state: &AppState) -> Result<UploadOptions, ApiError> {
+    Ok(UploadOptions {
+        instrument: query
+            .flag("instrument", &["true", "false"])?
+            .is_none_or(|v| v == "true"),
+        trap_unknown_imports: query
+            .flag("unknown_imports", &["error", "trap"])?
+            .is_some_and(|v| v == "trap"),
+        spans: SpanOverrides {
+            max_spans: query
+                .number("max_spans", state.spans.max_spans as u64)?
+                .map(|n| n as usize),
+            min_span_us: query.number("min_span_us", u64::MAX / 1000)?,
+        },
+    })
+}
+
+fn upload_error(error: UploadError) -> ApiError {
+    match error {
+        UploadError::Internal(err) => ApiError::internal(format!("{err:#}")),
+        UploadError::Busy(_) => ApiError::unavailable(error.to_string(), UPLOAD_RETRY_AFTER_SECS),
+        UploadError::TooCostly(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+        }
+        UploadError::Instrument(_)
+        | UploadError::Compile(_)
+        | UploadError::Link(_)
+        | UploadError::NotRunnable(_) => ApiError::bad_request(error.to_string()),
+    }
+}
+
+/// Reads up to `limit` bytes of `body` and drops them as they come.
+async fn discard_body(mut body: Body, limit: usize) {
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()));
+        if seen > limit {
+            return;
+        }
+    }
+}
+
+/// The module bytes: multipart field `wasm`, or the raw body.
+async fn upload_body(request: Request, max_upload: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("upload larger than {max_upload} bytes"),
+        )
+    };
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if !is_multipart {
+        let body = Bytes::from_request(request, &()).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::new(e.status(), e.body_text())
+            }
+        })?;
+        if body.is_empty() {
+            return Err(ApiError::bad_request(
+                "empty upload: send the module as multipart field `wasm` or as the body",
+            ));
+        }
+        return Ok(body);
+    }
+    let mut multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let malformed = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
+        }
+    };
+    loop {
+        let field = multipart.next_field().await.map_err(malformed)?;
+        let Some(field) = field else {
+            return Err(ApiError::bad_request("multipart body has no field `wasm`"));
+        };
+        if field.name() == Some("wasm") {
+            return field.bytes().await.map_err(malformed);
+        }
+    }
+}
+
+pub(super) async fn delete_module(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    authorize(&headers, state.tokens.upload.as_deref())?;
+    validate_name(&name).map_err(ApiError::bad_request)?;
+    let deleted = tokio::task::block_in_place(|| state.registry.delete(&name));
+    match deleted {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::no_module(&name)),
+        Err(err) => Err(ApiError::internal(format!("{err:#}"))),
+    }
+}

@@ -1,0 +1,147 @@
+//! The compile worker: the child side of [`Compiler`](super::Compiler), run as
+//! `iota compile-worker --dir DIR`. It reads `DIR/input.wasm`, instruments it (or only validates
+//! it), compiles it for the server's engine, writes `DIR/runnable.wasm` (when instrumented) and
+//! `DIR/module.cwasm`, and prints a [`WorkerReport`] as JSON on stdout.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use iota_instrument::{FunctionEntry, IfInstrumented, Options};
+use serde::{Deserialize, Serialize};
+use wasmtime::{Engine, Module};
+
+/// The instrumented module, in the worker's directory.
+pub const RUNNABLE: &str = "runnable.wasm";
+/// The precompiled code, in the worker's directory.
+pub const ARTIFACT: &str = "module.cwasm";
+/// The upload, in the worker's directory.
+pub const INPUT: &str = "input.wasm";
+
+/// Scheduling priority of a worker: below the server's runs.
+const NICE: i32 = 10;
+
+/// Arguments of `iota compile-worker`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Directory holding `input.wasm`, where the outputs are written.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Only validate and name the functions; compile the input as it is.
+    #[arg(long)]
+    pub validate_only: bool,
+    /// Address-space limit of this process, in MiB (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub memory_limit_mb: u64,
+}
+
+/// Which stage refused an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Validation or instrumentation.
+    Instrument,
+    /// wasmtime's compiler.
+    Compile,
+}
+
+/// What a worker reports on stdout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerReport {
+    /// The outputs are written.
+    Compiled {
+        /// Every defined function, by hook id.
+        functions: Vec<FunctionEntry>,
+        /// The input was already instrumented.
+        passed_through: bool,
+        /// `runnable.wasm` was written (else the input is what runs).
+        instrumented: bool,
+        /// Milliseconds instrumenting or validating.
+        instrument_ms: f64,
+        /// Milliseconds compiling.
+        compile_ms: f64,
+    },
+    /// The input is refused.
+    Refused {
+        /// Where.
+        stage: Stage,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Runs the worker; errors are the worker's own failures (I/O), not the module's.
+///
+/// # Errors
+///
+/// If the directory cannot be read or written.
+pub fn run(args: &WorkerArgs) -> Result<()> {
+    confine(args.memory_limit_mb);
+    let wasm = std::fs::read(args.dir.join(INPUT)).context("reading the upload")?;
+    let report = compile(args, &wasm)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Lowers this process's priority and caps its address space. Best effort: where the system
+/// refuses, the worker still runs (it is still bounded in time and killed on abandon).
+fn confine(memory_limit_mb: u64) {
+    use rustix::process::{Resource, Rlimit, setpriority_process, setrlimit};
+    if let Err(err) = setpriority_process(None, NICE) {
+        eprintln!("warning: cannot lower the compile worker's priority: {err}");
+    }
+    if memory_limit_mb > 0 {
+        let bytes = memory_limit_mb.saturating_mul(1 << 20);
+        let limit = Rlimit {
+            current: Some(bytes),
+            maximum: Some(bytes),
+        };
+        if let Err(err) = setrlimit(Resource::As, limit) {
+            eprintln!("warning: cannot limit the compile worker's memory: {err}");
+        }
+    }
+}
+
+fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
+    let clock = Instant::now();
+    let mut options = Options::new();
+    options.if_instrumented(IfInstrumented::PassThrough);
+    let out = match iota_instrument::instrument(wasm, &options) {
+        Ok(out) => out,
+        Err(err) => {
+            return Ok(WorkerReport::Refused {
+                stage: Stage::Instrument,
+                message: err.to_string(),
+            });
+        }
+    };
+    let instrumented = !args.validate_only && !out.passed_through;
+    let runnable: &[u8] = if instrumented { &out.wasm } else { wasm };
+    let instrument_ms = clock.elapsed().as_secs_f64() * 1e3;
+
+    let clock = Instant::now();
+    let engine = Engine::new(&crate::runtime::engine_config())?;
+    let module = match Module::new(&engine, runnable) {
+        Ok(module) => module,
+        Err(err) => {
+            return Ok(WorkerReport::Refused {
+                stage: Stage::Compile,
+                message: format!("{err:#}"),
+            });
+        }
+    };
+    let artifact = module.serialize()?;
+    let compile_ms = clock.elapsed().as_secs_f64() * 1e3;
+    if instrumented {
+        std::fs::write(args.dir.join(RUNNABLE), runnable).context("writing the module")?;
+    }
+    std::fs::write(args.dir.join(ARTIFACT), artifact).context("writing the compiled code")?;
+    Ok(WorkerReport::Compiled {
+        functions: out.functions,
+        passed_through: out.passed_through,
+        instrumented,
+        instrument_ms,
+        compile_ms,
+    })
+}

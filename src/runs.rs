@@ -1,0 +1,252 @@
+//! Runs as tasks that own what they hold: a run slot, a store (and so an instance from the
+//! pool), its stdin pump and its trace. The HTTP handler only waits for the answer; if it goes
+//! away (the client hung up), the run is cancelled and still records its trace.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use opentelemetry::trace::{SpanId, TraceId};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::registry::LoadedModule;
+use crate::runtime::entry::Call;
+use crate::runtime::{Invocation, Runtime, stdio};
+use crate::trace::export::Exporter;
+use crate::trace::recent::RecentTraces;
+use crate::trace::{Cancel, Ending, RunFacts, SpanVolume, TraceRecord};
+
+/// Slots for runs executing at once; a request waits a bounded time for one.
+pub struct RunSlots {
+    slots: Arc<Semaphore>,
+    wait: Duration,
+}
+
+/// No run slot freed up within the wait.
+#[derive(Debug)]
+pub struct Overloaded {
+    /// How long the request waited.
+    pub waited: Duration,
+}
+
+impl RunSlots {
+    /// `count` slots; a request waits at most `wait` for one.
+    pub fn new(count: usize, wait: Duration) -> Self {
+        RunSlots {
+            slots: Arc::new(Semaphore::new(count)),
+            wait,
+        }
+    }
+
+    /// A slot, once one is free.
+    ///
+    /// # Errors
+    ///
+    /// [`Overloaded`] when none frees up within the wait.
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
+        match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a closed one is as good as full.
+            Ok(Err(_)) | Err(_) => Err(Overloaded { waited: self.wait }),
+        }
+    }
+}
+
+/// Counters of runs, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RunCounters {
+    /// Runs that ended (any way).
+    pub finished: AtomicU64,
+    /// Runs that trapped, timed out, exited non-zero, failed in the host or were cancelled.
+    pub failed: AtomicU64,
+    /// Runs cancelled (client gone, body too large).
+    pub cancelled: AtomicU64,
+    /// Requests refused because no run slot freed up in time.
+    pub rejected: AtomicU64,
+    /// Runs executing now.
+    pub active: AtomicU64,
+    /// Spans produced.
+    pub spans: AtomicU64,
+}
+
+/// Where finished runs go: the recent-trace buffer, the exporter and the counters.
+pub struct TraceSinks {
+    /// The last traces, for `GET /traces`.
+    pub recent: RecentTraces,
+    /// The OTLP exporter, if a collector is configured.
+    pub exporter: Option<Exporter>,
+    /// Run counters.
+    pub counters: RunCounters,
+}
+
+/// Everything a run needs, owned.
+pub struct RunJob {
+    /// The module version to run (kept alive by the run, whatever happens to its name).
+    pub module: Arc<LoadedModule>,
+    /// What to call.
+    pub call: Call,
+    /// `argv[1..]`.
+    pub args: Vec<String>,
+    /// The request body: the guest's stdin, streamed.
+    pub body: Body,
+    /// Largest body accepted.
+    pub max_body: usize,
+    /// The trace to record the run in.
+    pub trace: TraceContext,
+    /// Span limits of this run.
+    pub volume: SpanVolume,
+}
+
+/// Where the run's spans go in the caller's trace.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceContext {
+    /// The caller's trace, or a new one.
+    pub trace_id: TraceId,
+    /// The caller's span, from `traceparent`.
+    pub remote_parent: Option<SpanId>,
+    /// The request span.
+    pub request_span: SpanId,
+    /// When the request arrived.
+    pub request_start: SystemTime,
+}
+
+/// What the handler needs to answer.
+pub struct Finished {
+    /// How the run ended.
+    pub ending: Ending,
+    /// stdout, capped.
+    pub stdout: Bytes,
+    /// Some stdout was dropped.
+    pub stdout_truncated: bool,
+}
+
+/// Starts `job` on `executor` holding `permit`; the answer comes through the returned channel.
+/// Dropping the receiver cancels the run.
+pub fn start(
+    executor: &tokio::runtime::Handle,
+    runtime: Arc<Runtime>,
+    sinks: Arc<TraceSinks>,
+    job: RunJob,
+    permit: OwnedSemaphorePermit,
+) -> oneshot::Receiver<Finished> {
+    let (reply, answer) = oneshot::channel();
+    executor.spawn(execute(runtime, sinks, job, permit, reply));
+    answer
+}
+
+async fn execute(
+    runtime: Arc<Runtime>,
+    sinks: Arc<TraceSinks>,
+    job: RunJob,
+    permit: OwnedSemaphorePermit,
+    mut reply: oneshot::Sender<Finished>,
+) {
+    let counters = &sinks.counters;
+    counters.active.fetch_add(1, Ordering::Relaxed);
+    let (to_guest, stdin) = stdio::stdin_pipe();
+    let (stdin_failed, stdin_failure) = oneshot::channel();
+    let pump = tokio::spawn(async move {
+        if let Err(cancel) = pump_body(job.body, to_guest, job.max_body).await {
+            let _ = stdin_failed.send(cancel);
+        }
+    });
+    let module = &job.module;
+    let outcome = runtime
+        .run(
+            Invocation {
+                pre: &module.pre,
+                program: &module.info.name,
+                args: &job.args,
+                call: &job.call,
+                stdin,
+                functions: module.names.len(),
+                min_span_ns: job.volume.min_span_us.saturating_mul(1000),
+            },
+            cancelled(&mut reply, stdin_failure),
+        )
+        .await;
+    pump.abort();
+    // The store and its instance are gone: the slot is free for the next run.
+    drop(permit);
+    counters.active.fetch_sub(1, Ordering::Relaxed);
+
+    let trace = Arc::new(TraceRecord::new(
+        RunFacts {
+            module: module.info.name.clone(),
+            names: module.names.clone(),
+            trace_id: job.trace.trace_id,
+            remote_parent: job.trace.remote_parent,
+            request_span: job.trace.request_span,
+            request_start: job.trace.request_start,
+            request_end: SystemTime::now(),
+            run_start: outcome.started,
+            run_ns: outcome.run_ns,
+            ending: outcome.ending.clone(),
+            stderr: outcome.stderr,
+            max_spans: job.volume.max_spans,
+            memory_bytes: outcome.memory_bytes,
+        },
+        &outcome.recorder,
+    ));
+    drop(outcome.recorder);
+    counters.finished.fetch_add(1, Ordering::Relaxed);
+    if outcome.ending.error().is_some() {
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    if matches!(outcome.ending, Ending::Cancelled(_)) {
+        counters.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+    counters
+        .spans
+        .fetch_add(trace.span_count() as u64, Ordering::Relaxed);
+    sinks.recent.push(trace.clone());
+    if let Some(exporter) = &sinks.exporter {
+        exporter.send(trace);
+    }
+    let _ = reply.send(Finished {
+        ending: outcome.ending,
+        stdout: outcome.stdout,
+        stdout_truncated: outcome.stdout_truncated,
+    });
+}
+
+/// Resolves when the run must stop early: the handler went away (its client hung up), or the
+/// body could not be read to the end.
+async fn cancelled(
+    reply: &mut oneshot::Sender<Finished>,
+    stdin_failure: oneshot::Receiver<Cancel>,
+) -> Cancel {
+    tokio::select! {
+        () = reply.closed() => Cancel::ClientDisconnected,
+        // Once the body is read to its end, only the client can cancel.
+        Ok(cancel) = stdin_failure => cancel,
+    }
+}
+
+/// Copies the request body into the guest's stdin as it arrives, at most `limit` bytes.
+/// Ends when the body does, or when the guest no longer reads (its run ended).
+async fn pump_body(
+    mut body: Body,
+    mut to_guest: tokio::io::DuplexStream,
+    limit: usize,
+) -> Result<(), Cancel> {
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Cancel::ClientDisconnected)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(Cancel::BodyTooLarge(limit));
+        }
+        if to_guest.write_all(&data).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
