@@ -4,15 +4,25 @@
 #   p4    one run of fib(33), 11.4M calls: time traced and untraced, trace memory, peak RSS
 #   p5    restart with 100 stored modules: time until the server listens, against a first start
 #   soak  60 s of /run at saturation: errors, latency percentiles, RSS every 5 s
-# Usage: scripts/bench-server.sh [p3|p4|p5|soak|all] (default all). wrk comes from Debian.
+#   chaos good runs alone for 60 s, then 60 s of good runs among sleepers, hang-ups, traps,
+#         stdout floods, memory bombs and re-uploads (scripts/chaos.py): success rate, p99, RSS
+#         and disk every 10 s
+#   storm count_vowels p99 alone, then while yosys.wasm is uploaded in a loop (needs
+#         scripts/fetch-real-wasm.sh --with-yosys)
+# Usage: scripts/bench-server.sh [p3|p4|p5|soak|chaos|storm|all] (default all: all but storm).
+# wrk comes from Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 if ! command -v wrk >/dev/null; then
   apt-get install -y -qq wrk >/dev/null
 fi
-cargo build --release --quiet --bin iota
-bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/iota"
+# IOTA_BIN runs another build (an older one, to compare) instead of this checkout's.
+bin=${IOTA_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --quiet --bin iota
+  bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/iota"
+fi
 work=$(mktemp -d)
 pid=
 stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi; }
@@ -156,8 +166,73 @@ soak() {
   stop
 }
 
+# good_run SECONDS: wrk -t1 -c4 on the traced count_vowels; prints requests, failures, p50, p99.
+good_run() {
+  local out
+  out=$(wrk -t1 -c4 -d"$1s" --latency -s "$work/post.lua" "$url/run?name=good")
+  awk '/requests in/ {r = $1} /Non-2xx/ {f += $5} /Socket errors/ {f += $4 + $6 + $8 + $10}
+       $1 == "50%" {p50 = $2} $1 == "99%" {p99 = $2}
+       END {printf "%d requests, %d failed (%.3f%% success), p50 %s, p99 %s", r, f, 100 * (r - f) / r, p50, p99}' \
+    <<<"$(tr -d ',' <<<"$out")"
+}
+
+# sample_every SECONDS COUNT: RSS and data directory size, in the background; sets $sampler.
+sample_every() {
+  (for _ in $(seq "$2"); do
+    sleep "$1"
+    printf '%s MiB / %s KiB disk; ' "$(rss_mib)" "$(du -sk "$work/chaos" | cut -f1)"
+  done) >"$work/samples" &
+  sampler=$!
+}
+
+chaos() {
+  echo "## Chaos: good runs of count_vowels (wrk -t1 -c4) alone, then among misbehaving guests and clients"
+  start "$work/chaos" --max-concurrent-runs 16 --run-timeout-ms 2000 --memory-limit-mb 64 --max-stdout 1048576
+  upload good fixtures/wasm/count_vowels.wasm ""
+  upload sleeper fixtures/wasm/sleeper.wasm ""
+  upload trap fixtures/wasm/trap.wasm ""
+  upload flood fixtures/wasm/flood.wasm ""
+  upload bomb fixtures/wasm/memory_bomb.wasm ""
+  upload churn fixtures/wasm/count_vowels.wasm ""
+  echo "server: --max-concurrent-runs 16 --run-timeout-ms 2000 --memory-limit-mb 64 --max-stdout 1048576"
+  echo "RSS $(rss_mib) MiB, data dir $(du -sk "$work/chaos" | cut -f1) KiB before load"
+  echo "alone:       $(good_run 60)"
+  python3 scripts/chaos.py "$url" 60 fixtures/wasm >"$work/chaos.json" &
+  local trouble=$!
+  sample_every 10 6
+  echo "among chaos: $(good_run 60)"
+  wait "$trouble" "$sampler"
+  echo "RSS / disk every 10 s during chaos: $(cat "$work/samples")"
+  echo "misbehaviour made, by answer:"
+  cat "$work/chaos.json"
+  curl -sf "$url/metrics" | grep -E '^iota_(runs|run_failures|runs_cancelled|runs_rejected|uploads|uploads_rejected)_total|^iota_data_dir_bytes'
+  echo "healthz: $(curl -sf "$url/healthz")"
+  stop
+}
+
+storm() {
+  local yosys=target/real-wasm/yosys.wasm
+  [ -s "$yosys" ] || scripts/fetch-real-wasm.sh --with-yosys target/real-wasm >/dev/null
+  echo "## Upload storm: count_vowels (wrk -t1 -c4, 60 s) alone, then while yosys.wasm uploads in a loop"
+  start "$work/storm"
+  upload good fixtures/wasm/count_vowels.wasm ""
+  echo "alone:                $(good_run 60)"
+  (while true; do
+    curl -s -o /dev/null -w '%{http_code} %{time_total}s\n' -F "wasm=@$yosys" \
+      "$url/upload?name=yosys&unknown_imports=trap" >>"$work/uploads"
+  done) &
+  local uploader=$!
+  sleep 5 # the first upload is compiling
+  echo "while yosys uploads:  $(good_run 60)"
+  # Stop once an upload finished, to report how long one took under the load.
+  while [ ! -s "$work/uploads" ]; do sleep 1; done
+  kill "$uploader"
+  echo "yosys uploads (status, time): $(tr '\n' ' ' <"$work/uploads")"
+  stop
+}
+
 case $what in
-  p3 | p4 | p5 | soak) "$what" ;;
-  all) p3; p4; p5; soak ;;
-  *) echo "usage: $0 [p3|p4|p5|soak|all]" >&2; exit 2 ;;
+  p3 | p4 | p5 | soak | chaos | storm) "$what" ;;
+  all) p3; p4; p5; soak; chaos ;;
+  *) echo "usage: $0 [p3|p4|p5|soak|chaos|storm|all]" >&2; exit 2 ;;
 esac
