@@ -121,6 +121,11 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_READ_TOKEN", hide_env_values = true)]
     pub read_token: Option<String>,
 
+    /// Time each WASI call the guest makes as a host-call span (`wasi:fd_write`, ...) under
+    /// the calling function; `false` turns them off for every module.
+    #[arg(long, env = "IOTA_HOST_SPANS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub host_spans: bool,
+
     /// Traces kept in memory for GET /traces.
     #[arg(long, env = "IOTA_RECENT_TRACES", default_value_t = 100)]
     pub recent_traces: usize,

@@ -48,6 +48,9 @@ pub struct ModuleInfo {
     pub entry: EntryPoints,
     /// Imports no host provides are linked as functions that trap if called.
     pub trap_unknown_imports: bool,
+    /// WASI calls are timed as host-call spans (unless the server turns them off for all).
+    #[serde(default = "yes")]
+    pub host_spans: bool,
     /// Upload time, seconds since the Unix epoch.
     pub uploaded_at: u64,
     /// Span limits chosen at upload (the server's apply to what is unset).
@@ -57,6 +60,10 @@ pub struct ModuleInfo {
 
 fn command() -> EntryPoints {
     EntryPoints::Command
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How a module's function calls reach the recorder.
@@ -78,6 +85,8 @@ pub struct UploadOptions {
     pub instrument: bool,
     /// Link unknown imports as trapping functions instead of refusing the module.
     pub trap_unknown_imports: bool,
+    /// Time WASI calls as host-call spans.
+    pub host_spans: bool,
     /// Span limits for this module's runs.
     pub spans: SpanOverrides,
 }
@@ -90,6 +99,8 @@ pub struct LoadedModule {
     pub pre: InstancePre<RunState>,
     /// Function names indexed by hook id.
     pub names: Arc<[Option<String>]>,
+    /// Its WASI calls are timed as host calls (the module asks for it and the server allows).
+    pub host_spans: bool,
 }
 
 /// Why an upload failed.
@@ -242,12 +253,16 @@ impl Registry {
             self.store.blob(&info.runnable_sha256, "names.json"),
         )?)?;
         let module = self.compiled(&info.runnable_sha256)?;
-        let pre = self.runtime.prepare(&module, info.trap_unknown_imports)?;
+        let host_spans = info.host_spans && self.runtime.host_spans();
+        let pre = self
+            .runtime
+            .prepare(&module, info.trap_unknown_imports, host_spans)?;
         info.entry = EntryPoints::of(&module).map_err(anyhow::Error::msg)?;
         Ok(LoadedModule {
             info,
             pre,
             names: names.into(),
+            host_spans,
         })
     }
 
@@ -314,9 +329,10 @@ impl Registry {
         let runnable = std::fs::read(&compiled.runnable).context("reading the compiled module")?;
         let runnable_sha256 = sha256_hex(&runnable);
         let module = self.deserialize(&compiled.artifact)?;
+        let host_spans = options.host_spans && self.runtime.host_spans();
         let pre = self
             .runtime
-            .prepare(&module, options.trap_unknown_imports)
+            .prepare(&module, options.trap_unknown_imports, host_spans)
             .map_err(|e| UploadError::Link(format!("{e:#}")))?;
         let entry = EntryPoints::of(&module).map_err(UploadError::NotRunnable)?;
         let tracing = match (options.instrument, compiled.passed_through) {
@@ -337,6 +353,7 @@ impl Registry {
             tracing,
             entry,
             trap_unknown_imports: options.trap_unknown_imports,
+            host_spans: options.host_spans,
             spans: options.spans,
             uploaded_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -361,6 +378,7 @@ impl Registry {
             info: info.clone(),
             pre,
             names: names.into(),
+            host_spans,
         });
         {
             let _switch = lock(&self.writes);

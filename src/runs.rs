@@ -164,6 +164,7 @@ async fn execute(
                 call: &job.call,
                 stdin,
                 functions: module.names.len(),
+                host_spans: module.host_spans,
                 min_span_ns: job.volume.min_span_us.saturating_mul(1000),
             },
             cancelled(&mut reply, stdin_failure),
@@ -178,6 +179,7 @@ async fn execute(
         RunFacts {
             module: module.info.name.clone(),
             names: module.names.clone(),
+            host_functions: crate::runtime::wasi::WASI_FUNCTIONS,
             trace_id: job.trace.trace_id,
             remote_parent: job.trace.remote_parent,
             request_span: job.trace.request_span,

@@ -85,9 +85,18 @@ pub(super) async fn get_trace(
             format!("no recent trace `{id}`"),
         )
     })?;
-    Ok(Json(
-        json!({ "trace_id": id, "module": trace.module, "spans": trace.spans_json(), "functions": trace.functions() }),
-    ))
+    let metrics: Vec<&str> = trace
+        .metric_lines()
+        .iter()
+        .map(|m| m.line.as_str())
+        .collect();
+    Ok(Json(json!({
+        "trace_id": id,
+        "module": trace.module,
+        "spans": trace.spans_json(),
+        "functions": trace.functions(),
+        "metrics": metrics,
+    })))
 }
 
 /// One line of Prometheus text: a counter or a gauge.

@@ -63,6 +63,9 @@ fn upload_options(query: &Query, state: &AppState) -> Result<UploadOptions, ApiE
         trap_unknown_imports: query
             .flag("unknown_imports", &["error", "trap"])?
             .is_some_and(|v| v == "trap"),
+        host_spans: query
+            .flag("host_spans", &["true", "false"])?
+            .is_none_or(|v| v == "true"),
         spans: SpanOverrides {
             max_spans: query
                 .number("max_spans", state.spans.max_spans as u64)?

@@ -7,7 +7,9 @@
 
 pub mod entry;
 pub mod limiter;
+pub mod observe;
 pub mod stdio;
+pub mod wasi;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub struct RunLimits {
     pub max_events: usize,
     /// Runs executing at once (sizes the instance pool).
     pub concurrency: usize,
+    /// WASI calls may be timed as host-call spans (modules may still opt out).
+    pub host_spans: bool,
 }
 
 impl RunLimits {
@@ -71,14 +75,18 @@ impl RunLimits {
             stderr: config.max_stderr,
             max_events: config.max_events,
             concurrency: config.max_concurrent_runs,
+            host_spans: config.host_spans,
         }
     }
 }
 
-/// The engine and linker shared by every module and run.
+/// The engine and linkers shared by every module and run.
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<RunState>,
+    /// WASI with every call timed as a host call.
+    traced: Linker<RunState>,
+    /// WASI as it is.
+    plain: Linker<RunState>,
     limits: RunLimits,
 }
 
@@ -96,6 +104,8 @@ pub struct Invocation<'a> {
     pub stdin: AsyncStdinStream,
     /// Hook ids the recorder accepts are below this.
     pub functions: usize,
+    /// The module was linked with WASI calls timed (see [`Runtime::prepare`]).
+    pub host_spans: bool,
     /// Calls shorter than this count in the aggregates only.
     pub min_span_ns: u64,
 }
@@ -167,9 +177,14 @@ impl Runtime {
                 Engine::new(&config)?
             }
         };
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut RunState| &mut s.wasi)?;
-        link_hooks(&mut linker, |s: &mut RunState| &mut s.recorder)?;
+        let mut traced = Linker::new(&engine);
+        wasi::add_traced_wasi(&mut traced)?;
+        let mut plain = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut plain, |s: &mut RunState| &mut s.wasi)?;
+        for linker in [&mut traced, &mut plain] {
+            link_hooks(linker, |s: &mut RunState| &mut s.recorder)?;
+            observe::add_observe_api(linker)?;
+        }
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("iota-epoch".into())
@@ -182,7 +197,8 @@ impl Runtime {
             })?;
         Ok(Arc::new(Runtime {
             engine,
-            linker,
+            traced,
+            plain,
             limits,
         }))
     }
@@ -197,8 +213,14 @@ impl Runtime {
         &self.limits
     }
 
-    /// Links `module` once for all its runs. With `trap_unknown_imports`, imports that neither
-    /// WASI nor the hooks provide are defined as functions that trap when called.
+    /// Whether WASI calls may be timed as host-call spans.
+    pub fn host_spans(&self) -> bool {
+        self.limits.host_spans
+    }
+
+    /// Links `module` once for all its runs: with every WASI call timed as a host call when
+    /// `host_spans`. With `trap_unknown_imports`, imports that neither WASI, the hooks nor the
+    /// Observe API provide are defined as functions that trap when called.
     ///
     /// # Errors
     ///
@@ -207,13 +229,19 @@ impl Runtime {
         &self,
         module: &Module,
         trap_unknown_imports: bool,
+        host_spans: bool,
     ) -> Result<InstancePre<RunState>> {
+        let linker = if host_spans {
+            &self.traced
+        } else {
+            &self.plain
+        };
         if trap_unknown_imports {
-            let mut linker = self.linker.clone();
+            let mut linker = linker.clone();
             linker.define_unknown_imports_as_traps(module)?;
             return Ok(linker.instantiate_pre(module)?);
         }
-        Ok(self.linker.instantiate_pre(module)?)
+        Ok(linker.instantiate_pre(module)?)
     }
 
     /// Runs `invocation` in a fresh store until it ends, its deadline passes, or `cancelled`
@@ -241,6 +269,11 @@ impl Runtime {
             wasi,
             recorder: Recorder::with_budget(
                 invocation.functions,
+                if invocation.host_spans {
+                    wasi::WASI_FUNCTIONS.len()
+                } else {
+                    0
+                },
                 self.limits.max_events,
                 invocation.min_span_ns,
                 budget.clone(),
@@ -409,6 +442,17 @@ pub fn link_hooks<T: 'static>(
         })?;
     }
     Ok(())
+}
+
+/// A store's state for tests of the linkers.
+#[cfg(test)]
+fn test_state() -> RunState {
+    let budget = Arc::new(MemoryBudget::new(usize::MAX));
+    RunState {
+        wasi: WasiCtxBuilder::new().build_p1(),
+        recorder: Recorder::new(0, 16, 0),
+        limiter: BudgetLimiter::new(budget),
+    }
 }
 
 #[cfg(test)]

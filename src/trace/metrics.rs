@@ -25,6 +25,7 @@ use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
 
+use super::names::{CallKind, CallNames};
 use super::recorder::Aggregate;
 use super::{Ending, TraceRecord};
 
@@ -43,8 +44,11 @@ pub struct FunctionMetrics {
 /// One module version's totals since the last collection.
 struct ModuleTotals {
     module: String,
-    names: Arc<[Option<String>]>,
+    names: CallNames,
+    /// Functions and host calls, by id (the same ids in every run of the version).
     functions: HashMap<u32, Aggregate>,
+    /// Manual spans, by name (their ids are per run).
+    manual: HashMap<String, Aggregate>,
     runs: HashMap<&'static str, u64>,
 }
 
@@ -102,16 +106,20 @@ impl FunctionMetrics {
         let names = trace.names();
         let totals = self
             .pending
-            .entry(Arc::as_ptr(names).cast::<u8>() as usize)
+            .entry(Arc::as_ptr(names.module()).cast::<u8>() as usize)
             .or_insert_with(|| ModuleTotals {
                 module: trace.module.clone(),
                 names: names.clone(),
                 functions: HashMap::new(),
+                manual: HashMap::new(),
                 runs: HashMap::new(),
             });
         *totals.runs.entry(outcome(trace.ending())).or_default() += 1;
         for (id, run) in trace.function_totals() {
-            let sum = totals.functions.entry(id).or_default();
+            let sum = match names.kind(id) {
+                CallKind::Manual(_) => totals.manual.entry(names.name(id)).or_default(),
+                _ => totals.functions.entry(id).or_default(),
+            };
             sum.calls += run.calls;
             sum.total_ns += run.total_ns;
             sum.self_ns += run.self_ns;
@@ -133,14 +141,13 @@ impl FunctionMetrics {
                     &[module.clone(), KeyValue::new("iota.run.outcome", *outcome)],
                 );
             }
-            for (id, sum) in &totals.functions {
-                let attributes = [
-                    module.clone(),
-                    KeyValue::new(
-                        "code.function.name",
-                        super::function_name(&totals.names, *id),
-                    ),
-                ];
+            let named = totals
+                .functions
+                .iter()
+                .map(|(id, sum)| (totals.names.name(*id), sum))
+                .chain(totals.manual.iter().map(|(name, sum)| (name.clone(), sum)));
+            for (name, sum) in named {
+                let attributes = [module.clone(), KeyValue::new("code.function.name", name)];
                 self.calls.add(sum.calls, &attributes);
                 self.duration.add(seconds(sum.total_ns), &attributes);
                 self.self_time.add(seconds(sum.self_ns), &attributes);

@@ -2,6 +2,8 @@
 
 pub mod export;
 pub mod metrics;
+pub mod names;
+pub mod observe;
 pub mod recent;
 pub mod recorder;
 pub mod tree;
@@ -14,8 +16,9 @@ use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry::{KeyValue, Value};
 use serde::{Deserialize, Serialize};
 
-use recorder::{Aggregate, Recorder};
-use tree::{Call, Grow};
+use names::{CallKind, CallNames};
+use recorder::{Aggregate, MetricLine, Note, Recorder};
+use tree::{Call, Mark, MarkKind};
 
 /// A span ready for export and display.
 #[derive(Debug, Clone)]
@@ -97,7 +100,7 @@ pub struct TraceRecord {
     pub trace_id: TraceId,
     /// The module that ran.
     pub module: String,
-    names: Arc<[Option<String>]>,
+    names: CallNames,
     remote_parent: Option<SpanId>,
     request_span: SpanId,
     run_span: SpanId,
@@ -109,8 +112,12 @@ pub struct TraceRecord {
     stderr: Bytes,
     /// Kept calls in start order; parents index this vector and come before their callees.
     calls: Vec<Call>,
-    /// `memory.grow` calls, each in its innermost kept call.
-    grows: Vec<Grow>,
+    /// Memory growth, host calls' bytes and the guest's notes, each in its kept call.
+    marks: Vec<Mark>,
+    /// Tags and log records the guest sent through the Observe API.
+    notes: Vec<Note>,
+    /// Metric lines the guest sent through the Observe API.
+    metric_lines: Vec<MetricLine>,
     /// Called functions' totals, by hook id.
     aggregates: Vec<(u32, Aggregate)>,
     volume: Volume,
@@ -126,6 +133,8 @@ struct Volume {
     recorder_bytes: usize,
     min_span_ns: u64,
     run_memory_bytes: usize,
+    dropped_notes: u64,
+    unbalanced_span_exits: u64,
 }
 
 /// One function's exact totals over a run, whatever spans were kept.
@@ -203,6 +212,8 @@ pub struct RunFacts {
     pub module: String,
     /// Function names indexed by hook id.
     pub names: Arc<[Option<String>]>,
+    /// Host functions timed at the boundary, by index.
+    pub host_functions: &'static [&'static str],
     /// Trace id (the caller's, from `traceparent`, or a new one).
     pub trace_id: TraceId,
     /// The caller's span from `traceparent`.
@@ -230,10 +241,14 @@ pub struct RunFacts {
 impl TraceRecord {
     /// Rebuilds the call tree from the recorder and keeps the calls that will be spans.
     pub fn new(facts: RunFacts, recorder: &Recorder) -> Self {
-        let (all_calls, mut grows) = tree::build(recorder.events(), facts.run_ns);
+        let (all_calls, mut marks) = tree::build(recorder.events(), facts.run_ns);
         let keep = tree::select(&all_calls, facts.max_spans);
         let calls_logged = all_calls.len();
-        let calls = tree::retain(all_calls, &keep, &mut grows);
+        let notes = recorder.notes();
+        // Tags describe their span and leave with it; log records move to a kept caller.
+        let calls = tree::retain(all_calls, &keep, &mut marks, |note| {
+            matches!(notes.get(note as usize), Some(Note::Tags(_)))
+        });
         let aggregates = recorder
             .aggregates()
             .iter()
@@ -244,7 +259,12 @@ impl TraceRecord {
         TraceRecord {
             trace_id: facts.trace_id,
             module: facts.module,
-            names: facts.names,
+            names: CallNames::new(
+                facts.names,
+                recorder.functions(),
+                facts.host_functions,
+                recorder.manual_names().into(),
+            ),
             remote_parent: facts.remote_parent,
             request_span: facts.request_span,
             run_span: new_span_id(),
@@ -262,9 +282,13 @@ impl TraceRecord {
                 recorder_bytes: recorder.memory_bytes(),
                 min_span_ns: recorder.min_span_ns(),
                 run_memory_bytes: facts.memory_bytes,
+                dropped_notes: recorder.dropped_notes(),
+                unbalanced_span_exits: recorder.unbalanced_span_exits(),
             },
             calls,
-            grows,
+            marks,
+            notes: notes.to_vec(),
+            metric_lines: recorder.metric_lines().to_vec(),
             aggregates,
         }
     }
@@ -274,9 +298,14 @@ impl TraceRecord {
         self.calls.len() + 2
     }
 
-    /// Function names by hook id.
-    pub fn names(&self) -> &Arc<[Option<String>]> {
+    /// What the run's call ids name.
+    pub fn names(&self) -> &CallNames {
         &self.names
+    }
+
+    /// Metric lines the guest sent, in order.
+    pub fn metric_lines(&self) -> &[MetricLine] {
+        &self.metric_lines
     }
 
     /// How the run ended.
@@ -306,7 +335,7 @@ impl TraceRecord {
             .iter()
             .map(|&(id, a)| FunctionStats {
                 id,
-                name: function_name(&self.names, id),
+                name: self.names.name(id),
                 calls: a.calls,
                 total_ns: a.total_ns,
                 self_ns: a.self_ns,
@@ -362,14 +391,37 @@ impl TraceRecord {
             KeyValue::new("iota.recorder.bytes", v.recorder_bytes as i64),
             KeyValue::new("iota.run.memory_bytes", v.run_memory_bytes as i64),
         ];
+        if v.dropped_notes > 0 {
+            run_attributes.push(KeyValue::new(
+                "iota.observe.dropped",
+                v.dropped_notes as i64,
+            ));
+        }
+        if v.unbalanced_span_exits > 0 {
+            run_attributes.push(KeyValue::new(
+                "iota.observe.unbalanced_span_exits",
+                v.unbalanced_span_exits as i64,
+            ));
+        }
         run_attributes.extend(aggregate_attributes(&functions));
         let mut call_events: Vec<Vec<SpanEventRecord>> = vec![Vec::new(); self.calls.len()];
+        let mut call_attributes: Vec<Vec<KeyValue>> = self
+            .calls
+            .iter()
+            .map(|call| self.call_attributes(call))
+            .collect();
         let mut run_events = Vec::new();
-        for grow in &self.grows {
-            let event = memory_grow_event(at(grow.at), grow.pages);
-            match grow.call {
-                Some(i) => call_events[i as usize].push(event),
-                None => run_events.push(event),
+        for mark in &self.marks {
+            let (event, attributes) = self.mark(mark, at(mark.at));
+            match mark.call {
+                Some(i) => {
+                    call_events[i as usize].extend(event);
+                    call_attributes[i as usize].extend(attributes);
+                }
+                None => {
+                    run_events.extend(event);
+                    run_attributes.extend(attributes);
+                }
             }
         }
         if let Ending::Trap { message, backtrace } = &self.ending {
@@ -387,10 +439,13 @@ impl TraceRecord {
             run_events.push(SpanEventRecord {
                 name: "stderr".into(),
                 time: at(self.run_ns),
-                attributes: vec![KeyValue::new(
-                    "log.record.body",
-                    String::from_utf8_lossy(&self.stderr).into_owned(),
-                )],
+                attributes: vec![
+                    KeyValue::new("log.iostream", "stderr"),
+                    KeyValue::new(
+                        "log.record.original",
+                        String::from_utf8_lossy(&self.stderr).into_owned(),
+                    ),
+                ],
             });
         }
         spans.push(SpanRecord {
@@ -407,15 +462,14 @@ impl TraceRecord {
 
         let call_span = |i: usize| derived_span_id(self.run_span, i);
         for (i, call) in self.calls.iter().enumerate() {
-            let name = function_name(&self.names, call.id);
             spans.push(SpanRecord {
                 span_id: call_span(i),
                 parent_span_id: Some(call.parent.map_or(self.run_span, |p| call_span(p as usize))),
-                name: name.clone(),
+                name: self.names.name(call.id),
                 kind: SpanKind::Internal,
                 start: at(call.start),
                 end: at(call.end),
-                attributes: call_attributes(name, call),
+                attributes: std::mem::take(&mut call_attributes[i]),
                 events: std::mem::take(&mut call_events[i]),
                 // A frame left open is an error only if the run failed: `proc_exit(0)` leaves
                 // open frames too.
@@ -426,16 +480,65 @@ impl TraceRecord {
     }
 }
 
-/// A function span's attributes; a call still open when the run ended says so.
-fn call_attributes(name: String, call: &Call) -> Vec<KeyValue> {
-    let mut attributes = vec![
-        KeyValue::new("code.function.name", name),
-        KeyValue::new("wasm.function.index", i64::from(call.id)),
-    ];
-    if call.unfinished {
-        attributes.push(KeyValue::new("iota.call.unfinished", true));
+impl TraceRecord {
+    /// A call span's own attributes: what it calls, and whether it was still open when the run
+    /// ended.
+    fn call_attributes(&self, call: &Call) -> Vec<KeyValue> {
+        let mut attributes = vec![KeyValue::new(
+            "code.function.name",
+            self.names.name(call.id),
+        )];
+        match self.names.kind(call.id) {
+            CallKind::Function => {
+                attributes.push(KeyValue::new("wasm.function.index", i64::from(call.id)))
+            }
+            CallKind::Host(_) => attributes.push(KeyValue::new("iota.call.kind", "host")),
+            CallKind::Manual(_) => attributes.push(KeyValue::new("iota.call.kind", "observe")),
+        }
+        if call.unfinished {
+            attributes.push(KeyValue::new("iota.call.unfinished", true));
+        }
+        attributes
     }
-    attributes
+
+    /// What a mark adds to its span: an event, attributes, or both.
+    fn mark(&self, mark: &Mark, time: SystemTime) -> (Option<SpanEventRecord>, Vec<KeyValue>) {
+        match mark.kind {
+            MarkKind::MemoryGrow(pages) => (Some(memory_grow_event(time, pages)), Vec::new()),
+            MarkKind::HostIo { fd, bytes } => {
+                let mut attributes = Vec::new();
+                if let Some(fd) = fd {
+                    attributes.push(KeyValue::new("iota.wasi.fd", i64::from(fd)));
+                }
+                if let Some(bytes) = bytes {
+                    attributes.push(KeyValue::new("iota.wasi.bytes", bytes as i64));
+                }
+                (None, attributes)
+            }
+            MarkKind::Note(index) => match self.notes.get(index as usize) {
+                Some(Note::Tags(tags)) => (
+                    None,
+                    tags.iter()
+                        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                        .collect(),
+                ),
+                Some(Note::Log { level, message }) => {
+                    let severity = observe::severity(*level);
+                    let event = SpanEventRecord {
+                        name: "log".into(),
+                        time,
+                        attributes: vec![
+                            KeyValue::new("log.record.original", message.clone()),
+                            KeyValue::new("iota.log.severity_text", severity.text),
+                            KeyValue::new("iota.log.severity_number", i64::from(severity.number)),
+                        ],
+                    };
+                    (Some(event), Vec::new())
+                }
+                None => (None, Vec::new()),
+            },
+        }
+    }
 }
 
 /// The id of the `index`th call span under `run_span`: distinct per index, never zero.
@@ -446,14 +549,6 @@ fn derived_span_id(run_span: SpanId, index: usize) -> SpanId {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     SpanId::from_bytes((z ^ (z >> 31)).max(1).to_be_bytes())
-}
-
-/// The name of function `id`, or `wasm-function[id]`.
-fn function_name(names: &[Option<String>], id: u32) -> String {
-    names
-        .get(id as usize)
-        .and_then(|n| n.clone())
-        .unwrap_or_else(|| format!("wasm-function[{id}]"))
 }
 
 fn memory_grow_event(time: SystemTime, pages: u32) -> SpanEventRecord {

@@ -88,7 +88,12 @@ impl Server {
     }
 
     pub fn upload_ok(&self, name: &str, wasm: &[u8]) -> serde_json::Value {
-        let response = self.upload(name, wasm, "");
+        self.upload_ok_with(name, wasm, "")
+    }
+
+    /// Uploads with `query` appended to `name=...` and expects `201`.
+    pub fn upload_ok_with(&self, name: &str, wasm: &[u8], query: &str) -> serde_json::Value {
+        let response = self.upload(name, wasm, query);
         let status = response.status();
         let body = response.text().unwrap();
         assert_eq!(status, 201, "upload {name}: {body}");

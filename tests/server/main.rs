@@ -11,6 +11,7 @@ mod harness;
 mod hooks;
 mod isolation;
 mod limits;
+mod observe;
 mod otlp;
 #[path = "../common/programs.rs"]
 mod programs;
