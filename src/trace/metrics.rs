@@ -10,13 +10,18 @@
 //! - `iota.function.max_duration` (gauge, seconds): the longest call since the last collection.
 //!
 //! and `iota.runs` (counter, by `iota.module` and `iota.run.outcome`).
+//!
+//! Metric lines a guest sends through the Observe API (statsd) become instruments of their own
+//! name, with `iota.module` and the line's tags as attributes: `c` a counter, `g` a gauge,
+//! `ms`/`h`/`d` a histogram. At most [`MAX_GUEST_METRICS`] names per server; lines past that,
+//! or that do not parse, are dropped and counted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, MeterProvider as _};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -26,8 +31,72 @@ use opentelemetry_sdk::metrics::{
 };
 
 use super::names::{CallKind, CallNames};
+use super::observe::{MetricKind, parse_statsd};
 use super::recorder::Aggregate;
 use super::{Ending, TraceRecord};
+
+/// Distinct guest metric names the server exports.
+pub const MAX_GUEST_METRICS: usize = 256;
+
+/// Instruments made for the guests' own metric lines, by name.
+#[derive(Default)]
+struct GuestInstruments {
+    counters: HashMap<String, Counter<f64>>,
+    gauges: HashMap<String, Gauge<f64>>,
+    histograms: HashMap<String, Histogram<f64>>,
+    dropped: u64,
+}
+
+impl GuestInstruments {
+    fn names(&self) -> usize {
+        self.counters.len() + self.gauges.len() + self.histograms.len()
+    }
+
+    /// Records one line of `module`'s guest.
+    fn record(&mut self, meter: &Meter, module: &str, line: &str) {
+        let metric = match parse_statsd(line) {
+            Ok(metric) => metric,
+            Err(err) => {
+                tracing::debug!(module, "guest metric dropped: {err}");
+                self.dropped += 1;
+                return;
+            }
+        };
+        let mut attributes = vec![KeyValue::new("iota.module", module.to_string())];
+        attributes.extend(metric.tags.into_iter().map(|(k, v)| KeyValue::new(k, v)));
+        let room = self.names() < MAX_GUEST_METRICS;
+        let name = metric.name;
+        match metric.kind {
+            MetricKind::Counter => match self.counters.get(&name) {
+                Some(counter) => counter.add(metric.value, &attributes),
+                None if room => {
+                    let counter = meter.f64_counter(name.clone()).build();
+                    counter.add(metric.value, &attributes);
+                    self.counters.insert(name, counter);
+                }
+                None => self.dropped += 1,
+            },
+            MetricKind::Gauge => match self.gauges.get(&name) {
+                Some(gauge) => gauge.record(metric.value, &attributes),
+                None if room => {
+                    let gauge = meter.f64_gauge(name.clone()).build();
+                    gauge.record(metric.value, &attributes);
+                    self.gauges.insert(name, gauge);
+                }
+                None => self.dropped += 1,
+            },
+            MetricKind::Histogram => match self.histograms.get(&name) {
+                Some(histogram) => histogram.record(metric.value, &attributes),
+                None if room => {
+                    let histogram = meter.f64_histogram(name.clone()).build();
+                    histogram.record(metric.value, &attributes);
+                    self.histograms.insert(name, histogram);
+                }
+                None => self.dropped += 1,
+            },
+        }
+    }
+}
 
 /// Run totals waiting for the next collection, and the instruments they feed.
 pub struct FunctionMetrics {
@@ -39,6 +108,8 @@ pub struct FunctionMetrics {
     self_time: Counter<f64>,
     max_duration: Gauge<f64>,
     runs: Counter<u64>,
+    meter: Meter,
+    guest: GuestInstruments,
 }
 
 /// One module version's totals since the last collection.
@@ -98,6 +169,8 @@ impl FunctionMetrics {
             provider,
             reader,
             pending: HashMap::new(),
+            meter,
+            guest: GuestInstruments::default(),
         }
     }
 
@@ -115,6 +188,9 @@ impl FunctionMetrics {
                 runs: HashMap::new(),
             });
         *totals.runs.entry(outcome(trace.ending())).or_default() += 1;
+        for line in trace.metric_lines() {
+            self.guest.record(&self.meter, &trace.module, &line.line);
+        }
         for (id, run) in trace.function_totals() {
             let sum = match names.kind(id) {
                 CallKind::Manual(_) => totals.manual.entry(names.name(id)).or_default(),

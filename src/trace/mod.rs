@@ -6,6 +6,7 @@ pub mod names;
 pub mod observe;
 pub mod recent;
 pub mod recorder;
+pub mod transport;
 pub mod tree;
 
 use std::sync::Arc;
@@ -538,6 +539,44 @@ impl TraceRecord {
                 None => (None, Vec::new()),
             },
         }
+    }
+}
+
+/// A log record the guest sent through the Observe API, in the span it belongs to.
+#[derive(Debug, Clone)]
+pub struct GuestLog {
+    /// When.
+    pub time: SystemTime,
+    /// Its severity.
+    pub severity: observe::Severity,
+    /// The message.
+    pub message: String,
+    /// The span it was logged in (its innermost kept span).
+    pub span_id: SpanId,
+}
+
+impl TraceRecord {
+    /// The log records the guest sent, in order, each with its span.
+    pub fn guest_logs(&self) -> Vec<GuestLog> {
+        self.marks
+            .iter()
+            .filter_map(|mark| {
+                let MarkKind::Note(index) = mark.kind else {
+                    return None;
+                };
+                let Some(Note::Log { level, message }) = self.notes.get(index as usize) else {
+                    return None;
+                };
+                Some(GuestLog {
+                    time: self.run_start + Duration::from_nanos(mark.at),
+                    severity: observe::severity(*level),
+                    message: message.clone(),
+                    span_id: mark.call.map_or(self.run_span, |i| {
+                        derived_span_id(self.run_span, i as usize)
+                    }),
+                })
+            })
+            .collect()
     }
 }
 

@@ -396,7 +396,7 @@ fn the_read_token_guards_modules_traces_and_metrics() {
     let server = Server::start(&data_dir("read-token"), &["--read-token", "r3ad"], &[]);
     server.upload_ok("m", &fixture("count_vowels.wasm"));
     let trace_id = trace_id_of(&server.run("name=m", "a"));
-    let client = reqwest::blocking::Client::new();
+    let client = crate::harness::client();
     for path in [
         "/modules".to_string(),
         "/modules/m".to_string(),

@@ -42,6 +42,8 @@ impl Receiver {
                 "traces",
                 "--debug-log",
                 "metrics",
+                "--debug-log",
+                "logs",
                 "--debug-log-verbosity",
                 "detailed",
             ])
@@ -193,6 +195,120 @@ fn metric_points(output: &str) -> Vec<(String, String, String)> {
         }
     }
     points
+}
+
+/// Log records rotel printed: (trace id, span id, severity text, body).
+fn log_records(output: &str) -> Vec<(String, String, String, String)> {
+    let mut records = Vec::new();
+    let mut current: Option<(String, String, String, String)> = None;
+    for line in output.lines() {
+        let trimmed = line.trim();
+        if line.starts_with("LogRecord #") {
+            records.extend(current.take());
+            current = Some(Default::default());
+            continue;
+        }
+        let Some(record) = current.as_mut() else {
+            continue;
+        };
+        if let Some((key, value)) = trimmed.split_once(':') {
+            let value = value.trim().to_string();
+            match key.trim() {
+                "Trace ID" => record.0 = value,
+                "Span ID" => record.1 = value,
+                "SeverityText" => record.2 = value,
+                "Body" => record.3 = value,
+                "Flags" => records.extend(current.take()),
+                _ => {}
+            }
+        }
+    }
+    records.extend(current);
+    records
+}
+
+fn exports_guest_telemetry(protocol: &str) {
+    let receiver = Receiver::start();
+    let server = receiver.server(
+        protocol,
+        "otlp-observe",
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "200")],
+    );
+    server.upload_ok("obs", &fixture("observe_api.wasm"));
+    let response = server.run("name=obs", "");
+    assert_eq!(response.status(), 200);
+    let trace_id = trace_id_of(&response);
+    let local = server.trace(&trace_id);
+    let span_id = |name: &str| {
+        local["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["span_id"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no span {name}"))
+    };
+
+    // Log records, each in its span.
+    receiver.wait_for(
+        |out| log_records(out).iter().filter(|r| r.0 == trace_id).count() == 2,
+        "two log records",
+    );
+    let logs: Vec<_> = log_records(&receiver.output.lock().unwrap())
+        .into_iter()
+        .filter(|r| r.0 == trace_id)
+        .map(|(_, span, severity, body)| (span, severity, body))
+        .collect();
+    assert_eq!(
+        logs,
+        [
+            (span_id("db-query"), "WARN".into(), "Str(slow query)".into()),
+            (span_id("request"), "INFO".into(), "Str(handled)".into()),
+        ]
+    );
+    // The manual spans and the host call, with their attributes.
+    let expected = local["spans"].as_array().unwrap().len();
+    receiver.wait_for(
+        |out| {
+            parse_spans(out)
+                .iter()
+                .filter(|s| s.trace_id == trace_id)
+                .count()
+                >= expected
+        },
+        "all spans",
+    );
+    let spans = receiver.spans(&trace_id);
+    let request = spans.iter().find(|s| s.name == "request").unwrap();
+    assert_eq!(request.attributes["user"], "Str(42)");
+    let write = spans.iter().find(|s| s.name == "wasi:fd_write").unwrap();
+    assert_eq!(write.attributes["iota.wasi.bytes"], "Int(5)");
+    // The statsd counter, with its tag.
+    receiver.wait_for(
+        |out| {
+            metric_points(out)
+                .iter()
+                .any(|(metric, attributes, value)| {
+                    metric == "handled"
+                        && attributes.contains("route: Str(/x)")
+                        && attributes.contains("iota.module: Str(obs)")
+                        && value == "1"
+                })
+        },
+        "the guest's counter",
+    );
+}
+
+#[test]
+#[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
+fn guest_logs_metrics_and_host_spans_reach_a_real_collector_over_http() {
+    exports_guest_telemetry("http/protobuf");
+}
+
+#[test]
+#[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
+fn guest_logs_metrics_and_host_spans_reach_a_real_collector_over_grpc() {
+    exports_guest_telemetry("grpc");
 }
 
 fn exports_function_metrics(protocol: &str) {
