@@ -15,6 +15,7 @@ use iota::runtime::{RunLimits, Runtime};
 use iota::trace::SpanVolume;
 use iota::trace::export::Exporter;
 use iota::trace::recent::RecentTraces;
+use iota::trace::sampling::Sampler;
 use iota::{ServeConfig, config::OtlpProtocol};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
@@ -120,6 +121,7 @@ fn serve(config: ServeConfig) -> Result<()> {
             run: non_empty(&config.run_token),
             read: non_empty(&config.read_token),
         },
+        sampler: Sampler::from_env(),
     });
 
     let tokio = tokio::runtime::Builder::new_multi_thread()

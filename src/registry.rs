@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -101,6 +102,8 @@ pub struct LoadedModule {
     pub names: Arc<[Option<String>]>,
     /// Its WASI calls are timed as host calls (the module asks for it and the server allows).
     pub host_spans: bool,
+    /// A run of it has started in this process (the next is no cold start).
+    pub warm: AtomicBool,
 }
 
 /// Why an upload failed.
@@ -263,6 +266,7 @@ impl Registry {
             pre,
             names: names.into(),
             host_spans,
+            warm: AtomicBool::new(false),
         })
     }
 
@@ -379,6 +383,7 @@ impl Registry {
             pre,
             names: names.into(),
             host_spans,
+            warm: AtomicBool::new(false),
         });
         {
             let _switch = lock(&self.writes);

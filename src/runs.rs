@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::trace::{SpanId, TraceId, TraceState};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -102,7 +102,7 @@ pub struct RunJob {
 }
 
 /// Where the run's spans go in the caller's trace.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TraceContext {
     /// The caller's trace, or a new one.
     pub trace_id: TraceId,
@@ -112,6 +112,10 @@ pub struct TraceContext {
     pub request_span: SpanId,
     /// When the request arrived.
     pub request_start: SystemTime,
+    /// Spans are recorded and exported (else the per-function totals only).
+    pub sampled: bool,
+    /// The `tracestate` to pass on.
+    pub trace_state: TraceState,
 }
 
 /// What the handler needs to answer.
@@ -165,6 +169,7 @@ async fn execute(
                 stdin,
                 functions: module.names.len(),
                 host_spans: module.host_spans,
+                record_calls: job.trace.sampled,
                 min_span_ns: job.volume.min_span_us.saturating_mul(1000),
             },
             cancelled(&mut reply, stdin_failure),
@@ -191,6 +196,10 @@ async fn execute(
             stderr: outcome.stderr,
             max_spans: job.volume.max_spans,
             memory_bytes: outcome.memory_bytes,
+            sampled: job.trace.sampled,
+            trace_state: job.trace.trace_state.clone(),
+            coldstart: !module.warm.swap(true, Ordering::Relaxed),
+            version: module.info.runnable_sha256.clone(),
         },
         &outcome.recorder,
     ));

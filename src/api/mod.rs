@@ -21,6 +21,7 @@ use crate::registry::Registry;
 use crate::runs::{RunSlots, TraceSinks};
 use crate::runtime::Runtime;
 use crate::trace::SpanVolume;
+use crate::trace::sampling::Sampler;
 
 /// Shared state of the server.
 pub struct AppState {
@@ -44,6 +45,8 @@ pub struct AppState {
     pub uploads: UploadCounters,
     /// Bearer tokens required, by kind of request.
     pub tokens: Tokens,
+    /// Which runs are sampled.
+    pub sampler: Sampler,
 }
 
 /// Counters of uploads, for `/metrics`.

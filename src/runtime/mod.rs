@@ -106,6 +106,8 @@ pub struct Invocation<'a> {
     pub functions: usize,
     /// The module was linked with WASI calls timed (see [`Runtime::prepare`]).
     pub host_spans: bool,
+    /// Log calls for spans (a sampled run); else keep the per-function totals only.
+    pub record_calls: bool,
     /// Calls shorter than this count in the aggregates only.
     pub min_span_ns: u64,
 }
@@ -274,7 +276,11 @@ impl Runtime {
                 } else {
                     0
                 },
-                self.limits.max_events,
+                if invocation.record_calls {
+                    self.limits.max_events
+                } else {
+                    0
+                },
                 invocation.min_span_ns,
                 budget.clone(),
             ),

@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use opentelemetry::InstrumentationScope;
-use opentelemetry::trace::{SpanContext, Status, TraceFlags, TraceState};
+use opentelemetry::trace::{SpanContext, Status, TraceFlags};
+use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter as _;
@@ -86,9 +86,7 @@ impl Exporter {
                 transport.logs()?,
             ))
         })?;
-        let resource = Resource::builder()
-            .with_service_name(service_name())
-            .build();
+        let resource = base_resource().build();
         spans.set_resource(&resource);
         logs.set_resource(&resource);
         let function_metrics = FunctionMetrics::new(resource, temporality);
@@ -151,6 +149,26 @@ impl Drop for Exporter {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The resource of everything the server exports: its service name (and whatever
+/// `OTEL_RESOURCE_ATTRIBUTES` adds).
+fn base_resource() -> opentelemetry_sdk::resource::ResourceBuilder {
+    Resource::builder().with_service_name(service_name())
+}
+
+/// The resource of a module version's spans and logs: the server's, with the function it ran
+/// (`faas.name`: the module; `faas.version`: the start of its SHA-256).
+fn function_resource(trace: &TraceRecord) -> Resource {
+    base_resource()
+        .with_attributes([
+            KeyValue::new("faas.name", trace.module.clone()),
+            KeyValue::new(
+                "faas.version",
+                trace.version.chars().take(12).collect::<String>(),
+            ),
+        ])
+        .build()
 }
 
 /// `OTEL_SERVICE_NAME`, else `iota`.
@@ -219,13 +237,20 @@ async fn export_loop(
                     span_count += trace.span_count();
                     batch.push(trace);
                 }
-                let mut spans = Vec::with_capacity(span_count);
                 for trace in &batch {
                     sinks.function_metrics.record(trace);
-                    spans.extend(span_data(trace, false));
                 }
-                export_spans(&sinks.spans, spans, stats).await;
-                export_logs(&sinks, &batch, stats).await;
+                // Each module version is a function of its own: its resource says which.
+                batch.retain(|trace| trace.sampled);
+                batch.sort_by(|a, b| (&a.module, &a.version).cmp(&(&b.module, &b.version)));
+                for group in batch.chunk_by(|a, b| a.module == b.module && a.version == b.version) {
+                    let resource = function_resource(&group[0]);
+                    sinks.spans.set_resource(&resource);
+                    sinks.logs.set_resource(&resource);
+                    let spans = group.iter().flat_map(|t| span_data(t, false)).collect();
+                    export_spans(&sinks.spans, spans, stats).await;
+                    export_logs(&sinks, group, stats).await;
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -268,6 +293,7 @@ async fn export_logs(sinks: &Sinks, traces: &[Arc<TraceRecord>], stats: &ExportS
         .build();
     let records: Vec<SdkLogRecord> = traces
         .iter()
+        .filter(|trace| trace.sampled)
         .flat_map(|trace| {
             trace.guest_logs().into_iter().map(|log| {
                 let mut record = sinks.logger.create_log_record();
@@ -343,7 +369,7 @@ pub fn span_data(trace: &TraceRecord, log_events: bool) -> Vec<SpanData> {
                 span.span_id,
                 TraceFlags::SAMPLED,
                 false,
-                TraceState::default(),
+                trace.trace_state.clone(),
             ),
             parent_span_id: span
                 .parent_span_id

@@ -6,6 +6,7 @@ pub mod names;
 pub mod observe;
 pub mod recent;
 pub mod recorder;
+pub mod sampling;
 pub mod transport;
 pub mod tree;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId, TraceState};
 use opentelemetry::{KeyValue, Value};
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,13 @@ pub struct TraceRecord {
     pub trace_id: TraceId,
     /// The module that ran.
     pub module: String,
+    /// Sampled: its spans are exported.
+    pub sampled: bool,
+    /// The SHA-256 of the module that ran.
+    pub version: String,
+    coldstart: bool,
+    /// The `tracestate` its spans carry.
+    pub trace_state: TraceState,
     names: CallNames,
     remote_parent: Option<SpanId>,
     request_span: SpanId,
@@ -194,6 +202,31 @@ impl std::fmt::Display for Cancel {
 }
 
 impl Ending {
+    /// The HTTP status `POST /run` answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Ending::Exit(0) => 200,
+            Ending::Exit(_) => 422,
+            Ending::Trap { .. } | Ending::HostError(_) => 500,
+            Ending::Timeout => 504,
+            Ending::Cancelled(Cancel::BodyTooLarge(_)) => 413,
+            // Nobody is left to answer; nginx's "client closed request".
+            Ending::Cancelled(Cancel::ClientDisconnected) => 499,
+        }
+    }
+
+    /// `error.type` of a failed run: `exit`, `trap`, `timeout`, `cancelled`, `host_error`.
+    pub fn error_type(&self) -> Option<&'static str> {
+        match self {
+            Ending::Exit(0) => None,
+            Ending::Exit(_) => Some("exit"),
+            Ending::Trap { .. } => Some("trap"),
+            Ending::Timeout => Some("timeout"),
+            Ending::Cancelled(_) => Some("cancelled"),
+            Ending::HostError(_) => Some("host_error"),
+        }
+    }
+
     /// What went wrong, if the run failed.
     pub fn error(&self) -> Option<String> {
         match self {
@@ -235,6 +268,14 @@ pub struct RunFacts {
     pub stderr: Bytes,
     /// Upper bound on function spans.
     pub max_spans: usize,
+    /// Sampled: spans are exported (else only the per-function totals count).
+    pub sampled: bool,
+    /// The first run of this module version in this process.
+    pub coldstart: bool,
+    /// The module version: the SHA-256 of the module that ran.
+    pub version: String,
+    /// The `tracestate` passed on with the spans.
+    pub trace_state: TraceState,
     /// Bytes the run held at its end: memories, tables and host buffers.
     pub memory_bytes: usize,
 }
@@ -259,6 +300,10 @@ impl TraceRecord {
             .collect();
         TraceRecord {
             trace_id: facts.trace_id,
+            sampled: facts.sampled,
+            version: facts.version,
+            coldstart: facts.coldstart,
+            trace_state: facts.trace_state,
             module: facts.module,
             names: CallNames::new(
                 facts.names,
@@ -356,10 +401,22 @@ impl TraceRecord {
         let mut request_attributes = vec![
             KeyValue::new("http.request.method", "POST"),
             KeyValue::new("http.route", "/run"),
+            KeyValue::new("url.path", "/run"),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new(
+                "http.response.status_code",
+                i64::from(self.ending.http_status()),
+            ),
+            KeyValue::new("faas.trigger", "http"),
+            KeyValue::new("faas.invocation_id", self.request_span.to_string()),
+            KeyValue::new("faas.coldstart", self.coldstart),
             KeyValue::new("iota.module", self.module.clone()),
         ];
         if let Ending::Exit(code) = self.ending {
             request_attributes.push(KeyValue::new("process.exit.code", i64::from(code)));
+        }
+        if let Some(kind) = self.ending.error_type() {
+            request_attributes.push(KeyValue::new("error.type", kind));
         }
         spans.push(SpanRecord {
             span_id: self.request_span,

@@ -17,7 +17,9 @@ mod otlp;
 mod programs;
 mod real;
 mod runs;
+mod sampling;
 mod store;
+mod tls;
 mod volume;
 #[allow(dead_code)]
 #[path = "../common/wasi.rs"]

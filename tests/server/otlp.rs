@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use crate::harness::{Server, data_dir, fixture, trace_id_of};
 
 /// A rotel agent printing every span and metric it receives.
-struct Receiver {
+pub struct Receiver {
     child: Child,
-    grpc: String,
-    http: String,
-    output: Arc<Mutex<String>>,
+    pub grpc: String,
+    pub http: String,
+    pub output: Arc<Mutex<String>>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -27,7 +27,7 @@ fn free_port() -> u16 {
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub fn start() -> Receiver {
         let agent = std::env::var("ROTEL_AGENT").expect("ROTEL_AGENT names the rotel-agent binary");
         let (grpc, http) = (
             format!("127.0.0.1:{}", free_port()),
@@ -86,7 +86,7 @@ impl Receiver {
         )
     }
 
-    fn wait_for(&self, done: impl Fn(&str) -> bool, what: &str) {
+    pub fn wait_for(&self, done: impl Fn(&str) -> bool, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if done(&self.output.lock().unwrap()) {
@@ -101,7 +101,7 @@ impl Receiver {
     }
 
     /// The spans of `trace_id` that rotel printed.
-    fn spans(&self, trace_id: &str) -> Vec<ReceivedSpan> {
+    pub fn spans(&self, trace_id: &str) -> Vec<ReceivedSpan> {
         parse_spans(&self.output.lock().unwrap())
             .into_iter()
             .filter(|s| s.trace_id == trace_id)
@@ -117,20 +117,20 @@ impl Drop for Receiver {
 }
 
 #[derive(Debug, Default, Clone)]
-struct ReceivedSpan {
-    trace_id: String,
-    parent_id: String,
-    id: String,
-    name: String,
-    kind: String,
-    start: u128,
-    end: u128,
-    status: String,
-    attributes: HashMap<String, String>,
+pub struct ReceivedSpan {
+    pub trace_id: String,
+    pub parent_id: String,
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub start: u128,
+    pub end: u128,
+    pub status: String,
+    pub attributes: HashMap<String, String>,
 }
 
 /// Parses rotel's detailed debug log: blocks starting `Span #N`.
-fn parse_spans(output: &str) -> Vec<ReceivedSpan> {
+pub fn parse_spans(output: &str) -> Vec<ReceivedSpan> {
     let mut spans = Vec::new();
     let mut current: Option<ReceivedSpan> = None;
     let mut in_attributes = false;
@@ -309,6 +309,57 @@ fn guest_logs_metrics_and_host_spans_reach_a_real_collector_over_http() {
 #[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
 fn guest_logs_metrics_and_host_spans_reach_a_real_collector_over_grpc() {
     exports_guest_telemetry("grpc");
+}
+
+#[test]
+#[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
+fn sampling_decisions_are_visible_at_the_collector() {
+    let receiver = Receiver::start();
+    let server = receiver.server(
+        "http/protobuf",
+        "otlp-sampling",
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "200")],
+    );
+    server.upload_ok("fib", &fixture("fib.wasm"));
+    let run = |trace: &str, flags: &str| {
+        let traceparent = format!("00-{trace}-00f067aa0ba902b7-{flags}");
+        let response = server.run_with("name=fib", "10", &[("traceparent", &traceparent)]);
+        assert_eq!(response.status(), 200);
+    };
+    let (sampled, unsampled, last) = (
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+        "33333333333333333333333333333333",
+    );
+    run(sampled, "01");
+    run(unsampled, "00");
+    run(last, "01");
+    // Traces leave in order: once the last one is in, the unsampled one would be too.
+    receiver.wait_for(|out| out.contains(last), "the last sampled trace");
+    let out = receiver.output.lock().unwrap().clone();
+    assert!(out.contains(sampled));
+    assert!(
+        !out.contains(unsampled),
+        "the unsampled run exported no span"
+    );
+    assert!(
+        out.contains("faas.name: Str(fib)"),
+        "the function's resource"
+    );
+    drop(out);
+    // Its calls still count: three runs of fib(10), 177 calls each.
+    receiver.wait_for(
+        |out| {
+            metric_points(out)
+                .iter()
+                .any(|(metric, attributes, value)| {
+                    metric == "iota.function.calls"
+                        && attributes.contains("fib::fib")
+                        && value == "531"
+                })
+        },
+        "every run's calls counted",
+    );
 }
 
 fn exports_function_metrics(protocol: &str) {
