@@ -80,6 +80,12 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
     if Parser::is_component(wasm) {
         return Err(Error::new(ErrorKind::Component).at(0));
     }
+    if !wasm.starts_with(b"\0asm") {
+        return Err(Error::new(ErrorKind::Invalid(
+            "not a WebAssembly module (it does not start with `\\0asm`)".into(),
+        ))
+        .at(0));
+    }
     let pending = bodies::validate_module(wasm)?;
     let mut facts = ModuleFacts::gather(wasm)?;
     if let Some(err) = facts.object_file.take().or(facts.hook_conflict.take()) {
