@@ -1,0 +1,147 @@
+//! Behaviour the rewrite promises beyond the fixtures: exceptions thrown from outside the
+//! module still call `exit` in every frame they unwind, and memory64 growth is reported
+//! saturated, before the grow, whether or not it succeeds.
+
+use iota_instrument::{Options, UnwindExits, instrument};
+use wasmtime::{Engine, Instance, Linker, Module, Store, Val};
+
+use crate::hooks::{Event, Recorded, check_nesting, config, link_hooks};
+
+/// Not instrumented: throws a tag the guest does not know, directly and through a table.
+const THROWER: &str = r#"(module
+  (tag $boom (export "boom") (param i32))
+  (func $throw (export "throw") (param i32) (throw $boom (local.get 0)))
+  (table (export "table") 1 funcref)
+  (elem (i32.const 0) $throw))"#;
+
+/// Declares no tag and uses no exception instruction: only its imports can throw.
+const GUEST: &str = r#"(module
+  (import "thrower" "throw" (func $throw (param i32)))
+  (import "thrower" "table" (table 1 funcref))
+  (type $sig (func (param i32)))
+  (func $calls_import (param i32) (call $throw (local.get 0)))
+  (func $middle (param i32) (call $calls_import (local.get 0)))
+  (func $leaf (result i32) (i32.const 7))
+  (func (export "direct") (drop (call $leaf)) (call $middle (i32.const 1)))
+  (func (export "indirect") (call_indirect (type $sig) (i32.const 2) (i32.const 0)))
+  (func (export "returns") (result i32) (call $leaf)))"#;
+
+struct Run {
+    store: Store<Recorded>,
+    instance: Instance,
+}
+
+fn instantiate(engine: &Engine, guest: &[u8]) -> Run {
+    let mut store = Store::new(engine, Recorded::default());
+    let thrower = Module::new(engine, wat::parse_str(THROWER).unwrap()).unwrap();
+    let thrower = Instance::new(&mut store, &thrower, &[]).unwrap();
+    let mut linker = Linker::new(engine);
+    link_hooks(&mut linker);
+    linker
+        .instance(&mut store, "thrower", thrower)
+        .expect("thrower exports link");
+    let module = Module::new(engine, guest).unwrap();
+    let instance = linker.instantiate(&mut store, &module).unwrap();
+    Run { store, instance }
+}
+
+impl Run {
+    /// Calls `name`; returns whether it threw, and the hook calls it made.
+    fn call(&mut self, name: &str) -> (bool, Vec<Event>) {
+        let func = self.instance.get_func(&mut self.store, name).unwrap();
+        let mut results = vec![Val::I32(0); func.ty(&self.store).results().len()];
+        let outcome = func.call(&mut self.store, &[], &mut results);
+        let threw = match outcome {
+            Ok(()) => false,
+            Err(e) if e.is::<wasmtime::ThrownException>() => true,
+            Err(e) => panic!("{name}: {e:?}"),
+        };
+        (threw, std::mem::take(&mut self.store.data_mut().events))
+    }
+}
+
+#[test]
+fn exceptions_from_imports_and_indirect_calls_exit_every_frame() {
+    let engine = Engine::new(&config()).unwrap();
+    let out = instrument(&wat::parse_str(GUEST).unwrap(), &Options::new()).unwrap();
+    let mut run = instantiate(&engine, &out.wasm);
+    for export in ["direct", "indirect"] {
+        let (threw, events) = run.call(export);
+        assert!(threw, "{export} throws");
+        let calls = check_nesting(&events, true)
+            .unwrap_or_else(|e| panic!("{export}: every frame exits on unwind: {e}"));
+        assert!(calls >= 1, "{export}: {events:?}");
+    }
+    // `direct` goes through three functions: all three exit, the leaf before the throw.
+    let (_, events) = run.call("direct");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Exit(_)))
+            .count(),
+        4,
+        "{events:?}"
+    );
+    let (threw, events) = run.call("returns");
+    assert!(!threw);
+    assert_eq!(check_nesting(&events, true), Ok(2));
+}
+
+/// The narrower setting leaves such a module without handlers: the frames an outside
+/// exception unwinds stay open (the host closes them, as after a trap).
+#[test]
+fn without_unwind_exits_outside_exceptions_leave_frames_open() {
+    let engine = Engine::new(&config()).unwrap();
+    let out = instrument(
+        &wat::parse_str(GUEST).unwrap(),
+        Options::new().unwind_exits(UnwindExits::IfModuleUsesExceptions),
+    )
+    .unwrap();
+    let mut run = instantiate(&engine, &out.wasm);
+    let (threw, events) = run.call("direct");
+    assert!(threw);
+    assert!(check_nesting(&events, true).is_err(), "{events:?}");
+}
+
+#[test]
+fn memory64_growth_is_reported_saturated_and_before_the_grow() {
+    let guest = r#"(module
+      (memory i64 1 100)
+      (func (export "grow") (param i64) (result i64) (memory.grow (local.get 0))))"#;
+    let engine = Engine::new(&config()).unwrap();
+    let out = instrument(&wat::parse_str(guest).unwrap(), &Options::new()).unwrap();
+    let mut store = Store::new(&engine, Recorded::default());
+    let mut linker = Linker::new(&engine);
+    link_hooks(&mut linker);
+    let module = Module::new(&engine, &out.wasm).unwrap();
+    let instance = linker.instantiate(&mut store, &module).unwrap();
+    let grow = instance
+        .get_typed_func::<i64, i64>(&mut store, "grow")
+        .unwrap();
+    let mut reported = Vec::new();
+    for (delta, result) in [
+        (3, 1),            // grows: the old size
+        (1 << 32, -1),     // fails: past the maximum, and would wrap to 0 in an i32
+        (1 << 31, -1),     // fails: would wrap to i32::MIN
+        (i64::MAX, -1),    // fails
+        (-1, -1),          // u64::MAX pages: fails
+        (0x7fff_ffff, -1), // exactly i32::MAX
+    ] {
+        assert_eq!(
+            grow.call(&mut store, delta).unwrap(),
+            result,
+            "grow({delta})"
+        );
+        let events = std::mem::take(&mut store.data_mut().events);
+        let pages: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::MemoryGrow(pages) => Some(*pages),
+                _ => None,
+            })
+            .collect();
+        reported.extend(pages);
+    }
+    let max = i32::MAX as u32;
+    assert_eq!(reported, [3, max, max, max, max, max]);
+}
