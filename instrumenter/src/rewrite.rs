@@ -1,6 +1,7 @@
 //! The module-level rewrite: a [`Reencode`] that shifts defined functions past the hook
 //! imports, appends the hook types and imports, and rewrites every function body.
 
+use rayon::prelude::*;
 use wasm_encoder::reencode::{self, Reencode, utils};
 use wasm_encoder::{BlockType, EntityType, NameMap, SectionId};
 
@@ -134,15 +135,18 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         } else {
             vec![false; bodies.len()]
         };
-        for (body, can_unwind) in bodies.iter_mut().zip(can_unwind) {
-            let Some(wrapper) = body.wrapper else {
-                continue;
-            };
-            let wanted = if can_unwind { style } else { Wrapper::Block };
-            if wrapper != wanted {
-                body.rewrap(self, wanted);
-            }
-        }
+        // In parallel: in a module that uses legacy exception handling, most bodies change.
+        let this = &*self;
+        bodies
+            .par_iter_mut()
+            .zip(can_unwind)
+            .with_min_len(256)
+            .for_each(|(body, can_unwind)| {
+                let wanted = if can_unwind { style } else { Wrapper::Block };
+                if body.wrapper.is_some_and(|wrapper| wrapper != wanted) {
+                    body.rewrap(this, wanted);
+                }
+            });
         self.added_labels = bodies
             .iter()
             .map(|b| b.wrapper.map_or(0, Wrapper::labels))
