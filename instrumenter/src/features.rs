@@ -24,9 +24,10 @@ const UNSUPPORTED: &[(WasmFeatures, &str, &str)] = &[
     ),
 ];
 
-/// The proposals a module may use: every one `wasmparser` knows for core modules, legacy
-/// exception handling included, except those in [`UNSUPPORTED`] and the component model.
-/// The output uses these and the exception handling proposal, which is one of them.
+/// The WebAssembly proposals an input module may use: every one `wasmparser` knows for core
+/// modules, legacy exception handling included, except shared-everything threads, stack
+/// switching and memory control (refused with [`ErrorKind::Unsupported`]) and the component
+/// model. The output needs at most these: the exception handling proposal it may add is one.
 pub fn features() -> WasmFeatures {
     let mut features = WasmFeatures::all();
     for (feature, _, _) in UNSUPPORTED {

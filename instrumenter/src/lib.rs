@@ -6,8 +6,10 @@
 //! (`dylibso:observe/instrument` `enter`, `exit`, `memory-grow`, all `(i32) -> ()`),
 //! defined functions shift past them everywhere they are referenced, and each body is
 //! wrapped so that fall-through, branches to the function label, `return`, tail calls and
-//! escaping exceptions all call `exit` exactly once. The hook id is the function's index in
-//! the output module.
+//! exceptions that unwind it all call `exit` exactly once (the exception handler goes only on
+//! functions an exception can unwind; see [`UnwindExits`]). The hook id is the function's
+//! index in the output module. Input is validated with [`features`]; what cannot be
+//! instrumented is refused with an [`ErrorKind`] that says why.
 //!
 //! # Examples
 //!
