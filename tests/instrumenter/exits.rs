@@ -145,3 +145,57 @@ fn memory64_growth_is_reported_saturated_and_before_the_grow() {
     let max = i32::MAX as u32;
     assert_eq!(reported, [3, max, max, max, max, max]);
 }
+
+/// The run-time cost of a handler on a call-heavy path: a recursive fib(25) (242,785 calls)
+/// whose every call also calls an empty import, so every frame gets the handler. Prints the
+/// figure of BENCHMARKS.md (best of ten runs; a measurement, not a check).
+#[test]
+#[ignore = "a measurement: cargo test --release --test instrumenter handler_cost_per_call -- --ignored --nocapture"]
+fn handler_cost_per_call() {
+    let guest = r#"(module
+      (import "env" "nothing" (func $nothing))
+      (func $fib (export "fib") (param i32) (result i32)
+        (call $nothing)
+        (if (result i32) (i32.lt_u (local.get 0) (i32.const 2))
+          (then (local.get 0))
+          (else (i32.add (call $fib (i32.sub (local.get 0) (i32.const 1)))
+                         (call $fib (i32.sub (local.get 0) (i32.const 2))))))))"#;
+    let engine = Engine::new(&config()).unwrap();
+    let wasm = wat::parse_str(guest).unwrap();
+    let time = |unwind| {
+        let out = instrument(&wasm, Options::new().unwind_exits(unwind)).unwrap();
+        let module = Module::new(&engine, &out.wasm).unwrap();
+        let mut linker = Linker::new(&engine);
+        linker.func_wrap("env", "nothing", || {}).unwrap();
+        for hook in [
+            iota_instrument::ENTER,
+            iota_instrument::EXIT,
+            iota_instrument::MEMORY_GROW,
+        ] {
+            linker
+                .func_wrap(iota_instrument::HOOK_MODULE, hook, |_: i32| {})
+                .unwrap();
+        }
+        (0..10)
+            .map(|_| {
+                let mut store = Store::new(&engine, ());
+                let instance = linker.instantiate(&mut store, &module).unwrap();
+                let fib = instance
+                    .get_typed_func::<i32, i32>(&mut store, "fib")
+                    .unwrap();
+                let start = std::time::Instant::now();
+                assert_eq!(fib.call(&mut store, 25).unwrap(), 75025);
+                start.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let without = time(UnwindExits::IfModuleUsesExceptions);
+    let with = time(UnwindExits::Always);
+    let calls = 242_785.0;
+    println!(
+        "fib(25), every call through a handler: without {without:?}, with {with:?}: {:+.2} ns a call ({:+.1} %)",
+        (with.as_secs_f64() - without.as_secs_f64()) * 1e9 / calls,
+        (with.as_secs_f64() / without.as_secs_f64() - 1.0) * 100.0
+    );
+}
