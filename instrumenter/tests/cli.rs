@@ -1,8 +1,10 @@
 //! The `iota-instrument` command line: outputs, maps, batch mode, `--check`, exit codes.
 //!
 //! Golden files: each `tests/cli/NAME.wat` is assembled to `NAME.wasm` in an empty directory
-//! and its `;; RUN: ARGS` lines run there in order (`%` stands for `NAME.wasm`); `;; COPY: PATH...`
-//! copies the module to more paths first and `;; WRITE: PATH TEXT` writes a file of TEXT. The
+//! and its `;; RUN: ARGS` lines run there in order (`%` stands for `NAME.wasm`;
+//! `;; RUN-CLOSED-STDOUT: ARGS` runs with standard output a pipe nobody reads); `;; COPY:
+//! PATH...` copies the module to more paths first, `;; WRITE: PATH TEXT` writes a file of TEXT
+//! and `;; MKDIR: PATH` makes a directory. The
 //! transcript of the runs must equal `NAME.wat.stdout` (standard output, then every file left in
 //! the directory) and `NAME.wat.stderr` (standard error and exit code). `BLESS=1 cargo test -p
 //! iota-instrument --test cli` rewrites them.
@@ -103,7 +105,16 @@ fn run_golden(case: &Path) -> (String, String) {
         } else if let Some(rest) = line.strip_prefix(";; WRITE:") {
             let (path, contents) = rest.trim().split_once(' ').unwrap();
             fs::write(work.join(path), contents).unwrap();
-        } else if let Some(args) = line.strip_prefix(";; RUN:") {
+        } else if let Some(path) = line.strip_prefix(";; MKDIR:") {
+            fs::create_dir_all(work.join(path.trim())).unwrap();
+        } else if let Some((args, closed)) = line
+            .strip_prefix(";; RUN:")
+            .map(|a| (a, false))
+            .or_else(|| {
+                line.strip_prefix(";; RUN-CLOSED-STDOUT:")
+                    .map(|a| (a, true))
+            })
+        {
             let args: Vec<String> = args
                 .split_whitespace()
                 .map(|a| {
@@ -114,8 +125,20 @@ fn run_golden(case: &Path) -> (String, String) {
                     }
                 })
                 .collect();
-            let out = run(bin().args(&args).current_dir(&work));
-            let command = format!("$ iota-instrument {}\n", args.join(" "));
+            let mut command = bin();
+            command.args(&args).current_dir(&work);
+            if closed {
+                // A pipe whose reader is gone before the command starts: every write fails.
+                let (reader, writer) = std::io::pipe().unwrap();
+                drop(reader);
+                command.stdout(writer);
+            }
+            let out = run(&mut command);
+            let command = format!(
+                "$ iota-instrument {}{}\n",
+                args.join(" "),
+                if closed { " >&-closed-pipe" } else { "" }
+            );
             stdout.push_str(&command);
             if out.stdout.starts_with(b"\0asm") {
                 stdout.push_str(&format!("<wasm module, {} bytes>\n", out.stdout.len()));
