@@ -53,17 +53,23 @@ pub(crate) struct BodyPlan {
     pub guess: Option<Wrapper>,
 }
 
-/// What a body does that decides whether an exception can unwind it.
+/// What a body does that decides whether an exception can unwind it, or leave a call to it.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct BodyFacts {
-    /// Calls an import, calls through a table or reference, or throws.
+    /// Throws, or calls (not as a tail call) an import or through a table or reference:
+    /// an exception can unwind this function's own frame.
     pub unwinds: bool,
+    /// Tail-calls an import or through a table or reference: an exception can leave a call to
+    /// this function, though not through its frame, which the tail call has replaced.
+    pub tail_throws: bool,
     /// Uses an exception-handling instruction (standard or legacy).
     pub uses_exceptions: bool,
     /// Uses legacy exception handling (`try`, `catch`, `catch_all`, `rethrow`, `delegate`).
     pub legacy: bool,
-    /// Defined functions it calls (not tail calls: those leave the frame first), as input indices.
+    /// Defined functions it calls, not as tail calls, as input indices.
     pub callees: Vec<u32>,
+    /// Defined functions it tail-calls, as input indices.
+    pub tail_callees: Vec<u32>,
 }
 
 /// A rewritten body (locals and code, without the size prefix) and what was learned reading it.
@@ -179,6 +185,10 @@ pub(crate) fn rewrite(
                 copied_to = ops.original_position() as usize;
             }
             Operator::ReturnCall { function_index } => {
+                match rw.facts.defined_slot(function_index) {
+                    Some(_) => facts.tail_callees.push(function_index),
+                    None => facts.tail_throws = true,
+                }
                 flush(&mut code);
                 if plan.traced {
                     code.extend_from_slice(&exit);
@@ -188,12 +198,13 @@ pub(crate) fn rewrite(
             }
             Operator::Return
             | Operator::ReturnCallIndirect { .. }
-            | Operator::ReturnCallRef { .. }
-                if plan.traced =>
-            {
-                flush(&mut code);
-                code.extend_from_slice(&exit);
-                copied_to = at;
+            | Operator::ReturnCallRef { .. } => {
+                facts.tail_throws |= !matches!(op, Operator::Return);
+                if plan.traced {
+                    flush(&mut code);
+                    code.extend_from_slice(&exit);
+                    copied_to = at;
+                }
             }
             Operator::MemoryGrow { mem } => {
                 flush(&mut code);

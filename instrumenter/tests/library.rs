@@ -288,7 +288,9 @@ const CALLS_OUT: &str = r#"(module
   (func $calls_caller_of_host call $calls_host)
   (func $indirect i32.const 0 call_indirect (type $v))
   (func $tail_indirect i32.const 0 return_call_indirect (type $v))
-  (func $recursive_leaf (param i32) local.get 0 br_if 0 i32.const 0 call $recursive_leaf))"#;
+  (func $recursive_leaf (param i32) local.get 0 br_if 0 i32.const 0 call $recursive_leaf)
+  (func $tail_host return_call $host)
+  (func $calls_tail_host call $tail_host))"#;
 
 #[test]
 fn functions_that_can_be_unwound_exit_on_unwind_in_any_module() {
@@ -298,10 +300,12 @@ fn functions_that_can_be_unwound_exit_on_unwind_in_any_module() {
         .iter()
         .map(|b| b.contains("try_table") && b.contains("catch_all_ref") && b.contains("throw_ref"))
         .collect();
-    // leaf, calls_leaf, calls_host, calls_caller_of_host, indirect, tail_indirect, recursive_leaf
+    // leaf, calls_leaf, calls_host, calls_caller_of_host, indirect, tail_indirect,
+    // recursive_leaf, tail_host (its frame is gone when the host runs), calls_tail_host (an
+    // exception from the host tail-called by its callee unwinds it)
     assert_eq!(
         handled,
-        [false, false, true, true, true, false, false],
+        [false, false, true, true, true, false, false, false, true],
         "{}",
         printed(&out.wasm)
     );
@@ -323,7 +327,10 @@ fn functions_that_can_be_unwound_exit_on_unwind_in_any_module() {
             .iter()
             .map(|b| b.contains("try_table"))
             .collect();
-        assert_eq!(handled, [false, false, true, true, true, false, false]);
+        assert_eq!(
+            handled,
+            [false, false, true, true, true, false, false, false, true]
+        );
     }
 }
 

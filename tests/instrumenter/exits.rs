@@ -24,6 +24,8 @@ const GUEST: &str = r#"(module
   (func $leaf (result i32) (i32.const 7))
   (func (export "direct") (drop (call $leaf)) (call $middle (i32.const 1)))
   (func (export "indirect") (call_indirect (type $sig) (i32.const 2) (i32.const 0)))
+  (func $tail_calls_import (param i32) (return_call $throw (local.get 0)))
+  (func (export "through_tail_call") (call $tail_calls_import (i32.const 3)))
   (func (export "returns") (result i32) (call $leaf)))"#;
 
 struct Run {
@@ -65,7 +67,7 @@ fn exceptions_from_imports_and_indirect_calls_exit_every_frame() {
     let engine = Engine::new(&config()).unwrap();
     let out = instrument(&wat::parse_str(GUEST).unwrap(), &Options::new()).unwrap();
     let mut run = instantiate(&engine, &out.wasm);
-    for export in ["direct", "indirect"] {
+    for export in ["direct", "indirect", "through_tail_call"] {
         let (threw, events) = run.call(export);
         assert!(threw, "{export} throws");
         let calls = check_nesting(&events, true)

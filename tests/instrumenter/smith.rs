@@ -125,6 +125,20 @@ fn exits_on_unwind_from_outside_are_what_keeps_the_hooks_balanced() {
     assert!(unbalanced > 0, "no case needed exits on unwind");
 }
 
+/// Seed 4218, case 2344 of a 3,000-case run: an export calls a function that tail-calls the
+/// throwing import; the exception unwound the caller, which had no handler (tail calls were
+/// taken to end the question for every caller, not only for the tail-calling frame).
+#[test]
+fn an_exception_from_a_tail_called_import_exits_the_callers() {
+    let outcome = run_case(
+        &engine(),
+        &random_bytes(4218 + 2344, 64 * 1024),
+        0,
+        &Options::new(),
+    );
+    assert!(matches!(outcome, Ok(Some(_))), "{outcome:?}");
+}
+
 /// What a case exercised.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Totals {
