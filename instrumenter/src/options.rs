@@ -14,16 +14,39 @@ pub enum IfInstrumented {
     PassThrough,
 }
 
+/// Which functions get a handler that calls `exit` when an exception unwinds them.
+///
+/// The handler is a `try_table (catch_all_ref)` around the body that calls `exit` and rethrows
+/// with `throw_ref` (legacy `try`/`catch_all`/`rethrow` in modules that use legacy exception
+/// handling). It only goes on functions an exception can unwind: those that throw, call an
+/// import, call through a table or a reference, or call a defined function that can be unwound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnwindExits {
+    /// In every module: an exception thrown by the host or by another instance through an
+    /// import, `call_indirect` or `call_ref` still calls `exit` in every frame it unwinds. The
+    /// output of a module that uses no exceptions then needs an engine with the exception
+    /// handling proposal (wasmtime, V8 and SpiderMonkey have it). The default.
+    #[default]
+    Always,
+    /// Only in modules that use exception handling themselves (declare or import a tag, or use
+    /// an exception instruction): the output needs no proposal the input did not, but an
+    /// exception from outside the module unwinds its frames without calling `exit` (a host
+    /// that sees one can close the frames left open, as after a trap).
+    IfModuleUsesExceptions,
+}
+
 /// Settings for [`instrument`](crate::instrument).
 ///
-/// The defaults instrument every defined function, drop `.debug_*` sections
-/// (their code offsets would be stale) and refuse an already instrumented module.
+/// The defaults instrument every defined function, call `exit` when any exception unwinds a
+/// function ([`UnwindExits::Always`]), drop `.debug_*` sections (their code offsets would be
+/// stale) and refuse an already instrumented module.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     include: Vec<String>,
     exclude: Vec<String>,
     keep_debug: bool,
     if_instrumented: IfInstrumented,
+    unwind_exits: UnwindExits,
 }
 
 impl Options {
@@ -56,6 +79,17 @@ impl Options {
     pub fn if_instrumented(&mut self, policy: IfInstrumented) -> &mut Self {
         self.if_instrumented = policy;
         self
+    }
+
+    /// Which functions call `exit` when an exception unwinds them
+    /// (default: [`UnwindExits::Always`]).
+    pub fn unwind_exits(&mut self, unwind: UnwindExits) -> &mut Self {
+        self.unwind_exits = unwind;
+        self
+    }
+
+    pub(crate) fn unwind(&self) -> UnwindExits {
+        self.unwind_exits
     }
 
     pub(crate) fn keeps_debug(&self) -> bool {

@@ -1,13 +1,16 @@
 //! The module-level rewrite: a [`Reencode`] that shifts defined functions past the hook
 //! imports, appends the hook types and imports, and rewrites every function body.
 
+use rayon::prelude::*;
 use wasm_encoder::reencode::{self, Reencode, utils};
 use wasm_encoder::{BlockType, EntityType, NameMap, SectionId};
 
 use crate::abi;
-use crate::body::{BodyPlan, ExceptionStyle};
+use crate::body::{BodyPlan, Rewritten, Wrapper};
 use crate::error::{Error, Result};
 use crate::facts::ModuleFacts;
+use crate::options::UnwindExits;
+use crate::unwind;
 
 type ReencodeResult<T> = Result<T, reencode::Error<Error>>;
 
@@ -22,12 +25,15 @@ pub(crate) struct Rewriter<'a, 'f> {
     /// Types appended after the module's own: the hook type, then `[] -> results` wrappers.
     appended_types: Vec<Vec<wasmparser::ValType>>,
     hook_type: u32,
-    exceptions: ExceptionStyle,
+    unwind: UnwindExits,
     keep_debug: bool,
     types_written: bool,
     imports_written: bool,
+    names_written: bool,
     /// Rewritten bodies, emitted in order by the code section.
     bodies: std::vec::IntoIter<Vec<u8>>,
+    /// Per defined function: labels the wrapper adds before the body's own.
+    added_labels: Vec<u32>,
 }
 
 impl<'a, 'f> Rewriter<'a, 'f> {
@@ -35,6 +41,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         wasm: &'a [u8],
         facts: &'f ModuleFacts<'a>,
         selected: Vec<bool>,
+        unwind: UnwindExits,
         keep_debug: bool,
     ) -> Result<Self> {
         let hook_type = facts.types.len() as u32;
@@ -55,11 +62,6 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             };
             wrapper_block_types.push(block);
         }
-        let exceptions = if facts.has_tags {
-            ExceptionStyle::Standard
-        } else {
-            ExceptionStyle::None
-        };
         Ok(Rewriter {
             wasm,
             facts,
@@ -67,11 +69,13 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             wrapper_block_types,
             appended_types,
             hook_type,
-            exceptions,
+            unwind,
             keep_debug,
             types_written: false,
             imports_written: false,
+            names_written: false,
             bodies: Vec::new().into_iter(),
+            added_labels: Vec::new(),
         })
     }
 
@@ -109,20 +113,57 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         self.imports_written = true;
     }
 
-    /// Whether a body may throw, so exits need a handler.
-    pub(crate) fn may_throw(&self) -> bool {
-        self.exceptions != ExceptionStyle::None
+    /// Gives each traced body its final wrapper, now that every body has been read: an
+    /// exception handler where an exception can unwind the function (and the options ask for
+    /// it), in the module's style (legacy `try` if any body uses legacy exception handling,
+    /// mixing both in one module being invalid for some engines), a plain block elsewhere.
+    /// Then keeps the bodies for the code section.
+    pub(crate) fn set_bodies(&mut self, mut bodies: Vec<Rewritten>) {
+        let facts: Vec<_> = bodies.iter().map(|b| &b.facts).collect();
+        let uses_exceptions = self.facts.has_tags || facts.iter().any(|f| f.uses_exceptions);
+        let handled = match self.unwind {
+            UnwindExits::Always => true,
+            UnwindExits::IfModuleUsesExceptions => uses_exceptions,
+        };
+        let style = if facts.iter().any(|f| f.legacy) {
+            Wrapper::Legacy
+        } else {
+            Wrapper::Standard
+        };
+        let can_unwind = if handled {
+            unwind::can_unwind(self.facts.imported_funcs, &facts)
+        } else {
+            vec![false; bodies.len()]
+        };
+        // In parallel: in a module that uses legacy exception handling, most bodies change.
+        let this = &*self;
+        bodies
+            .par_iter_mut()
+            .zip(can_unwind)
+            .with_min_len(256)
+            .for_each(|(body, can_unwind)| {
+                let wanted = if can_unwind { style } else { Wrapper::Block };
+                if body.wrapper.is_some_and(|wrapper| wrapper != wanted) {
+                    body.rewrap(this, wanted);
+                }
+            });
+        self.added_labels = bodies
+            .iter()
+            .map(|b| b.wrapper.map_or(0, Wrapper::labels))
+            .collect();
+        self.bodies = bodies
+            .into_iter()
+            .map(|b| b.bytes)
+            .collect::<Vec<_>>()
+            .into_iter();
     }
 
-    /// Handles escaping exceptions with legacy `try`/`catch_all`, for modules that use it
-    /// (mixing it with `try_table` in one module is not valid for every engine).
-    pub(crate) fn use_legacy_exceptions(&mut self) {
-        self.exceptions = ExceptionStyle::Legacy;
-    }
-
-    /// The rewritten bodies the code section will hold, in order.
-    pub(crate) fn set_bodies(&mut self, bodies: Vec<Vec<u8>>) {
-        self.bodies = bodies.into_iter();
+    /// The exception wrapper a body gets if it shows, on its own, that it can be unwound.
+    fn wrapper_guess(&self) -> Option<Wrapper> {
+        match self.unwind {
+            UnwindExits::IfModuleUsesExceptions if !self.facts.has_tags => None,
+            _ => Some(Wrapper::Standard),
+        }
     }
 
     /// What to do with defined function `slot`.
@@ -135,10 +176,10 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         BodyPlan {
             id: self.output_function_index(index),
             original_index: index,
-            params: sig.params,
+            params: sig.params.len() as u32,
             traced: self.selected[slot],
             block_type: self.wrapper_block_types[ty],
-            exceptions: self.exceptions,
+            guess: self.wrapper_guess(),
         }
     }
 }
@@ -190,7 +231,7 @@ impl Reencode for Rewriter<'_, '_> {
             module.section(&imports);
         }
         if before.is_none() {
-            if !self.facts.has_name_section {
+            if !self.names_written {
                 let mut names = wasm_encoder::NameSection::new();
                 names.functions(&self.hook_names());
                 module.section(&names);
@@ -233,65 +274,70 @@ impl Reencode for Rewriter<'_, '_> {
         if (stale_debug_info && !self.keep_debug) || stale_offsets {
             return Ok(());
         }
-        if let wasmparser::KnownCustom::Name(reader) = section.as_known() {
-            // A name section that does not parse is dropped: its indices cannot be remapped.
-            if let Ok(names) = self.custom_name_section(reader) {
+        if let wasmparser::KnownCustom::Name(_) = section.as_known() {
+            // The first name section, as parsed, stands for all of them.
+            if !self.names_written {
+                let names = self.name_section()?;
                 module.section(&names);
+                self.names_written = true;
             }
             return Ok(());
         }
         utils::parse_custom_section(self, module, section)
     }
+}
 
-    fn custom_name_section(
-        &mut self,
-        section: wasmparser::NameSectionReader<'_>,
-    ) -> ReencodeResult<wasm_encoder::NameSection> {
+impl Rewriter<'_, '_> {
+    /// The name section: the input's (as far as it parsed, each subsection once, in order)
+    /// with indices remapped, label indices shifted past the wrappers, and the hooks named.
+    fn name_section(&mut self) -> ReencodeResult<wasm_encoder::NameSection> {
         let mut names = wasm_encoder::NameSection::new();
-        let mut functions_named = false;
-        for subsection in section {
-            let subsection = subsection?;
-            match subsection {
-                wasmparser::Name::Module { .. } => {}
-                wasmparser::Name::Function(_) => functions_named = true,
-                _ if !functions_named => {
-                    // Subsections are ordered by id; function names (id 1) go before the rest.
-                    names.functions(&self.hook_names());
-                    functions_named = true;
-                }
-                _ => {}
-            }
-            self.parse_custom_name_subsection(&mut names, subsection)?;
+        let parsed = self.facts.name_section.as_ref();
+        if let Some(module_name) = parsed.and_then(|p| p.module.clone()) {
+            utils::parse_custom_name_subsection(self, &mut names, module_name)?;
         }
-        if !functions_named {
-            names.functions(&self.hook_names());
+        let mut functions = NameMap::new();
+        let mut hooks_named = false;
+        for &(index, name) in parsed.map_or(&[][..], |p| &p.functions) {
+            if !hooks_named && index >= self.facts.imported_funcs {
+                self.append_hook_names(&mut functions);
+                hooks_named = true;
+            }
+            functions.append(self.output_function_index(index), name);
+        }
+        if !hooks_named {
+            self.append_hook_names(&mut functions);
+        }
+        names.functions(&functions);
+        for subsection in parsed.map_or(&[][..], |p| &p.others) {
+            match subsection {
+                wasmparser::Name::Label(map) => names.labels(&self.label_names(map.clone())?),
+                other => utils::parse_custom_name_subsection(self, &mut names, other.clone())?,
+            }
         }
         Ok(names)
     }
 
-    fn parse_custom_name_subsection(
+    /// Label names with indices shifted past the labels each function's wrapper adds.
+    fn label_names(
         &mut self,
-        names: &mut wasm_encoder::NameSection,
-        section: wasmparser::Name<'_>,
-    ) -> ReencodeResult<()> {
-        let wasmparser::Name::Function(map) = section else {
-            return utils::parse_custom_name_subsection(self, names, section);
-        };
-        let mut out = NameMap::new();
-        let mut hooks_named = false;
-        for naming in map {
-            let naming = naming?;
-            if !hooks_named && naming.index >= self.facts.imported_funcs {
-                self.append_hook_names(&mut out);
-                hooks_named = true;
+        map: wasmparser::IndirectNameMap<'_>,
+    ) -> ReencodeResult<wasm_encoder::IndirectNameMap> {
+        let mut out = wasm_encoder::IndirectNameMap::new();
+        for function in map {
+            let function = function?;
+            let shift = self
+                .facts
+                .defined_slot(function.index)
+                .map_or(0, |slot| self.added_labels[slot]);
+            let mut labels = NameMap::new();
+            for naming in function.names {
+                let naming = naming?;
+                labels.append(naming.index.saturating_add(shift), naming.name);
             }
-            out.append(self.output_function_index(naming.index), naming.name);
+            out.append(self.output_function_index(function.index), &labels);
         }
-        if !hooks_named {
-            self.append_hook_names(&mut out);
-        }
-        names.functions(&out);
-        Ok(())
+        Ok(out)
     }
 }
 

@@ -35,6 +35,12 @@ pub struct Outcome {
 /// neither WASI nor the hooks provide trap if called.
 pub fn run_command(engine: &Engine, wasm: &[u8], args: &[&str], stdin: &[u8]) -> Outcome {
     let module = Module::new(engine, wasm).expect("module compiles");
+    run_module(engine, &module, args, stdin)
+}
+
+/// [`run_command`] for a module already compiled.
+#[allow(dead_code)] // not every test binary that includes this file uses it
+pub fn run_module(engine: &Engine, module: &Module, args: &[&str], stdin: &[u8]) -> Outcome {
     let stdout = MemoryOutputPipe::new(1 << 20);
     let wasi = WasiCtxBuilder::new()
         .stdin(MemoryInputPipe::new(stdin.to_vec()))
@@ -51,9 +57,9 @@ pub fn run_command(engine: &Engine, wasm: &[u8], args: &[&str], stdin: &[u8]) ->
     let mut linker: Linker<Guest> = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |g| &mut g.wasi).unwrap();
     link_hooks(&mut linker);
-    linker.define_unknown_imports_as_traps(&module).unwrap();
+    linker.define_unknown_imports_as_traps(module).unwrap();
     let result = linker
-        .instantiate(&mut store, &module)
+        .instantiate(&mut store, module)
         .and_then(|i| i.get_typed_func::<(), ()>(&mut store, "_start"))
         .and_then(|start| start.call(&mut store, ()));
     let exit = match result {
