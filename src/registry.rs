@@ -23,6 +23,7 @@ use crate::runtime::entry::EntryPoints;
 use crate::runtime::{RunState, Runtime};
 use crate::store::{Collected, DiskStore, write_atomic};
 use crate::trace::SpanOverrides;
+use crate::trace::names::SourceLocation;
 
 /// What the registry knows about a stored module.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -100,6 +101,8 @@ pub struct LoadedModule {
     pub pre: InstancePre<RunState>,
     /// Function names indexed by hook id.
     pub names: Arc<[Option<String>]>,
+    /// Functions' source locations indexed by hook id (from DWARF).
+    pub locations: Arc<[Option<SourceLocation>]>,
     /// Its WASI calls are timed as host calls (the module asks for it and the server allows).
     pub host_spans: bool,
     /// A run of it has started in this process (the next is no cold start).
@@ -252,9 +255,10 @@ impl Registry {
     fn load(&self, meta: &Path) -> Result<LoadedModule> {
         let mut info: ModuleInfo = serde_json::from_slice(&std::fs::read(meta)?)?;
         validate_name(&info.name).map_err(anyhow::Error::msg)?;
-        let names: Vec<Option<String>> = serde_json::from_slice(&std::fs::read(
+        let names: Vec<Option<StoredName>> = serde_json::from_slice(&std::fs::read(
             self.store.blob(&info.runnable_sha256, "names.json"),
         )?)?;
+        let (names, locations) = split_names(names);
         let module = self.compiled(&info.runnable_sha256)?;
         let host_spans = info.host_spans && self.runtime.host_spans();
         let pre = self
@@ -264,7 +268,8 @@ impl Registry {
         Ok(LoadedModule {
             info,
             pre,
-            names: names.into(),
+            names,
+            locations,
             host_spans,
             warm: AtomicBool::new(false),
         })
@@ -297,7 +302,8 @@ impl Registry {
 
     /// Instruments, compiles, links and stores `wasm` under `name`, replacing any previous
     /// version atomically. Runs in flight keep the version they started with; on any error the
-    /// previous version stays. `admission` is the upload's place in the compile queue.
+    /// previous version stays. `admission` is the upload's place in the compile queue; a
+    /// `symbol_map` (lines `INDEX:NAME`) names functions first.
     ///
     /// # Errors
     ///
@@ -307,11 +313,12 @@ impl Registry {
         admission: &Admission,
         name: &str,
         wasm: &[u8],
+        symbol_map: Option<&str>,
         options: UploadOptions,
     ) -> Result<(ModuleInfo, UploadTimings), UploadError> {
         let compiled = self
             .compiler
-            .compile(admission, wasm, options.instrument)
+            .compile(admission, wasm, symbol_map, options.instrument)
             .await?;
         let sha256 = sha256_hex(wasm);
         // File work, not to be cut short by an abandoned request.
@@ -378,10 +385,12 @@ impl Registry {
             &store.blob(&info.runnable_sha256, "names.json"),
             &serde_json::to_vec(&names).context("names")?,
         )?;
+        let (names, locations) = split_names(names);
         let loaded = Arc::new(LoadedModule {
             info: info.clone(),
             pre,
-            names: names.into(),
+            names,
+            locations,
             host_spans,
             warm: AtomicBool::new(false),
         });
@@ -513,8 +522,21 @@ impl Registry {
     }
 }
 
-/// Function names indexed by hook id (none for a module that reports no calls).
-fn names_by_id(functions: &[FunctionEntry], tracing: Tracing) -> Vec<Option<String>> {
+/// A function's name as `names.json` keeps it: the name alone (as older versions wrote), or
+/// with its source location.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredName {
+    Plain(String),
+    Located {
+        name: String,
+        #[serde(flatten)]
+        location: SourceLocation,
+    },
+}
+
+/// Function names and locations indexed by hook id (none for a module that reports no calls).
+fn names_by_id(functions: &[FunctionEntry], tracing: Tracing) -> Vec<Option<StoredName>> {
     if tracing == Tracing::None {
         return Vec::new();
     }
@@ -525,9 +547,34 @@ fn names_by_id(functions: &[FunctionEntry], tracing: Tracing) -> Vec<Option<Stri
         .unwrap_or(0);
     let mut by_id = vec![None; len];
     for f in functions {
-        by_id[f.id as usize] = Some(f.name.clone());
+        by_id[f.id as usize] = Some(match &f.file {
+            Some(file) => StoredName::Located {
+                name: f.name.clone(),
+                location: SourceLocation {
+                    file: file.clone(),
+                    line: f.line,
+                    column: f.column,
+                },
+            },
+            None => StoredName::Plain(f.name.clone()),
+        });
     }
     by_id
+}
+
+type NameTables = (Arc<[Option<String>]>, Arc<[Option<SourceLocation>]>);
+
+/// The names and the locations, apart.
+fn split_names(stored: Vec<Option<StoredName>>) -> NameTables {
+    let (names, locations): (Vec<_>, Vec<_>) = stored
+        .into_iter()
+        .map(|entry| match entry {
+            Some(StoredName::Plain(name)) => (Some(name), None),
+            Some(StoredName::Located { name, location }) => (Some(name), Some(location)),
+            None => (None, None),
+        })
+        .unzip();
+    (names.into(), locations.into())
 }
 
 #[cfg(test)]

@@ -184,6 +184,7 @@ async fn execute(
         RunFacts {
             module: module.info.name.clone(),
             names: module.names.clone(),
+            locations: module.locations.clone(),
             host_functions: crate::runtime::wasi::WASI_FUNCTIONS,
             trace_id: job.trace.trace_id,
             remote_parent: job.trace.remote_parent,

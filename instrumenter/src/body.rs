@@ -163,7 +163,7 @@ pub(crate) fn rewrite(
             }
             Operator::CallIndirect { .. } | Operator::CallRef { .. } => facts.unwinds = true,
             Operator::Call { function_index } if function_index < rw.facts.imported_funcs => {
-                facts.unwinds = true;
+                facts.unwinds |= rw.facts.import_may_throw(function_index);
             }
             Operator::End if depth > 0 => depth -= 1,
             Operator::End => {
@@ -187,7 +187,7 @@ pub(crate) fn rewrite(
             Operator::ReturnCall { function_index } => {
                 match rw.facts.defined_slot(function_index) {
                     Some(_) => facts.tail_callees.push(function_index),
-                    None => facts.tail_throws = true,
+                    None => facts.tail_throws |= rw.facts.import_may_throw(function_index),
                 }
                 flush(&mut code);
                 if plan.traced {

@@ -56,6 +56,13 @@ pub enum ErrorKind {
         /// The custom section that marks it.
         section: String,
     },
+    /// A symbol map given with the module does not parse.
+    SymbolMap {
+        /// The line (1-based).
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The rewrite produced a module that does not validate: a bug in this crate.
     InvalidOutput(String),
 }
@@ -147,6 +154,9 @@ impl fmt::Display for Error {
                 "input is a relocatable object file (it has a `{section}` section); \
                  instrument the linked module instead"
             )?,
+            ErrorKind::SymbolMap { line, reason } => {
+                write!(f, "invalid symbol map, line {line}: {reason}")?
+            }
             ErrorKind::InvalidOutput(msg) => write!(
                 f,
                 "the instrumented module does not validate (a bug in iota-instrument): {msg}"

@@ -3,6 +3,7 @@
 use wasmparser::{ExternalKind, KnownCustom, Parser, Payload, TypeRef, ValType};
 
 use crate::abi;
+use crate::dwarf::{DebugSections, SourceInfo};
 use crate::error::{Error, ErrorKind, Result, Warning};
 use crate::names::ParsedNames;
 
@@ -36,6 +37,9 @@ pub(crate) struct ModuleFacts<'a> {
     pub already_instrumented: bool,
     /// Indices of imported functions that are `enter` hooks (current or legacy names).
     pub enter_hooks: Vec<u32>,
+    /// Per imported function: whether a call to it can end in an exception. WASI functions,
+    /// the hooks and the Observe API never throw; any other import may.
+    pub import_may_throw: Vec<bool>,
     /// The first import of a hook name with another kind or type than the hook's.
     pub hook_conflict: Option<Error>,
     /// The first custom section that marks an object file (`linking`, `reloc.*`).
@@ -46,6 +50,12 @@ pub(crate) struct ModuleFacts<'a> {
     pub names: Vec<Option<&'a str>>,
     /// First export name of defined functions, by defined index.
     pub exports: Vec<Option<&'a str>>,
+    /// DWARF sections, if the module has debug information.
+    pub debug: DebugSections<'a>,
+    /// Start of the code section's contents: DWARF addresses count from there.
+    pub code_start: u64,
+    /// Defined function bodies, in order.
+    pub bodies: Vec<wasmparser::FunctionBody<'a>>,
     /// What was read but cannot be kept.
     pub warnings: Vec<Warning>,
 }
@@ -79,7 +89,10 @@ impl<'a> ModuleFacts<'a> {
                         let (offset, import) = import?;
                         facts.check_hook_import(&import, offset);
                         match import.ty {
-                            TypeRef::Func(_) | TypeRef::FuncExact(_) => facts.imported_funcs += 1,
+                            TypeRef::Func(_) | TypeRef::FuncExact(_) => {
+                                facts.imported_funcs += 1;
+                                facts.import_may_throw.push(!never_throws(import.module));
+                            }
                             TypeRef::Memory(m) => facts.memory64.push(m.memory64),
                             TypeRef::Tag(_) => facts.has_tags = true,
                             TypeRef::Table(_) | TypeRef::Global(_) => {}
@@ -125,6 +138,7 @@ impl<'a> ModuleFacts<'a> {
                             .at(section.range().start),
                         );
                     }
+                    facts.debug.offer(name, section.data());
                     if let KnownCustom::Name(_) = section.as_known() {
                         if facts.name_section.is_none() {
                             // A malformed name section only costs us names, never the module.
@@ -141,6 +155,10 @@ impl<'a> ModuleFacts<'a> {
                         }
                     }
                 }
+                Payload::CodeSectionStart {
+                    unchecked_range, ..
+                } => facts.code_start = unchecked_range.start,
+                Payload::CodeSectionEntry(body) => facts.bodies.push(body),
                 _ => {}
             }
         }
@@ -191,11 +209,51 @@ impl<'a> ModuleFacts<'a> {
         }
     }
 
+    /// What DWARF says of each defined function (nothing without debug information).
+    pub(crate) fn source_info(&mut self) -> Vec<SourceInfo> {
+        if !self.debug.has_info() {
+            return vec![SourceInfo::default(); self.defined_types.len()];
+        }
+        let addresses: Vec<u64> = self
+            .bodies
+            .iter()
+            .map(|body| {
+                let first = body
+                    .get_operators_reader()
+                    .map_or(body.range().start, |ops| ops.original_position());
+                first.saturating_sub(self.code_start)
+            })
+            .collect();
+        self.debug.describe(&addresses, &mut self.warnings)
+    }
+
+    /// Whether a call to imported function `index` can end in an exception.
+    pub(crate) fn import_may_throw(&self, index: u32) -> bool {
+        self.import_may_throw
+            .get(index as usize)
+            .copied()
+            .unwrap_or(true)
+    }
+
     /// Position of function `index` among the defined functions, if it is one.
     pub(crate) fn defined_slot(&self, index: u32) -> Option<usize> {
         let slot = index.checked_sub(self.imported_funcs)? as usize;
         (slot < self.defined_types.len()).then_some(slot)
     }
+}
+
+/// Whether functions of import module `module` are known never to throw: WASI preview 1 (its
+/// functions return an errno or trap, they cannot raise a wasm exception), the hooks and the
+/// Observe API.
+fn never_throws(module: &str) -> bool {
+    matches!(
+        module,
+        "wasi_snapshot_preview1"
+            | "wasi_unstable"
+            | abi::HOOK_MODULE
+            | abi::LEGACY_HOOK_MODULE
+            | "dylibso:observe/api"
+    )
 }
 
 /// An import's kind and type, as the text format would write it.

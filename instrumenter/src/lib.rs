@@ -26,6 +26,7 @@
 mod abi;
 mod bodies;
 mod body;
+mod dwarf;
 mod error;
 mod facts;
 mod features;
@@ -38,10 +39,11 @@ pub use abi::{
     ENTER, EXIT, HOOK_MODULE, LEGACY_ENTER, LEGACY_EXIT, LEGACY_HOOK_MODULE, LEGACY_MEMORY_GROW,
     MARKER_SECTION, MEMORY_GROW, is_trace_hook,
 };
+pub use dwarf::SourceInfo;
 pub use error::{Error, ErrorKind, Result, Warning};
 pub use features::features;
 pub use names::{FunctionEntry, demangle, fallback_name};
-pub use options::{IfInstrumented, Options, UnwindExits};
+pub use options::{IfInstrumented, Options, SymbolMap, UnwindExits};
 
 use wasm_encoder::reencode::Reencode;
 use wasmparser::Parser;
@@ -93,7 +95,13 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
     if let Some(err) = facts.object_file.take().or(facts.hook_conflict.take()) {
         return Err(err);
     }
+    let sources = facts.source_info();
     let warnings = std::mem::take(&mut facts.warnings);
+    let names = Names {
+        facts: &facts,
+        symbols: options.symbols(),
+        sources: &sources,
+    };
 
     if facts.already_instrumented {
         let calls_enter =
@@ -102,14 +110,14 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
             IfInstrumented::Fail => Err(Error::new(ErrorKind::AlreadyInstrumented)),
             IfInstrumented::PassThrough => Ok(Instrumented {
                 wasm: wasm.to_vec(),
-                functions: function_map(&facts, 0, |slot, _| calls_enter[slot]),
+                functions: names.function_map(0, |slot, _| calls_enter[slot]),
                 passed_through: true,
                 warnings,
             }),
         };
     }
 
-    let functions = function_map(&facts, abi::HOOKS.len() as u32, |_, names| {
+    let functions = names.function_map(abi::HOOKS.len() as u32, |_, names| {
         selector.selects_all() || selector.selects(names)
     });
     let selected = functions.iter().map(|f| f.instrumented).collect();
@@ -148,26 +156,50 @@ pub fn is_instrumented(wasm: &[u8]) -> Result<bool> {
     facts::is_instrumented(wasm)
 }
 
-/// The function map; ids are shifted by `shift` for defined functions, and `instrumented`
-/// says, from a function's slot and names (demangled, raw), whether it reports to the hooks.
-fn function_map(
-    facts: &ModuleFacts<'_>,
-    shift: u32,
-    instrumented: impl Fn(usize, &[&str]) -> bool,
-) -> Vec<FunctionEntry> {
-    (0..facts.defined_types.len())
-        .map(|slot| {
-            let original_index = facts.imported_funcs + slot as u32;
-            let raw_name = facts.names[slot].or(facts.exports[slot]);
-            let name = raw_name.map_or_else(|| fallback_name(original_index), demangle);
-            let instrumented = instrumented(slot, &[name.as_str(), raw_name.unwrap_or(&name)]);
-            FunctionEntry {
-                id: original_index + shift,
-                original_index,
-                name,
-                raw_name: raw_name.map(str::to_string),
-                instrumented,
-            }
-        })
-        .collect()
+/// Every source of function names, in the order they are trusted.
+struct Names<'a> {
+    facts: &'a ModuleFacts<'a>,
+    symbols: Option<&'a SymbolMap>,
+    sources: &'a [SourceInfo],
+}
+
+impl Names<'_> {
+    /// The raw name of the function in `slot`: symbol map, `name` section, DWARF, export.
+    fn raw(&self, slot: usize) -> Option<&str> {
+        let index = self.facts.imported_funcs + slot as u32;
+        self.symbols
+            .and_then(|map| map.name(index))
+            .or(self.facts.names[slot])
+            .or(self.sources[slot].name.as_deref())
+            .or(self.facts.exports[slot])
+    }
+
+    /// The function map; ids are shifted by `shift` for defined functions, and `instrumented`
+    /// says, from a function's slot and names (demangled, raw), whether it reports to the
+    /// hooks.
+    fn function_map(
+        &self,
+        shift: u32,
+        instrumented: impl Fn(usize, &[&str]) -> bool,
+    ) -> Vec<FunctionEntry> {
+        (0..self.facts.defined_types.len())
+            .map(|slot| {
+                let original_index = self.facts.imported_funcs + slot as u32;
+                let raw_name = self.raw(slot);
+                let name = raw_name.map_or_else(|| fallback_name(original_index), demangle);
+                let instrumented = instrumented(slot, &[name.as_str(), raw_name.unwrap_or(&name)]);
+                let source = &self.sources[slot];
+                FunctionEntry {
+                    id: original_index + shift,
+                    original_index,
+                    name,
+                    raw_name: raw_name.map(str::to_string),
+                    instrumented,
+                    file: source.file.clone(),
+                    line: source.line,
+                    column: source.column,
+                }
+            })
+            .collect()
+    }
 }

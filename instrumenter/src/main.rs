@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, ValueEnum};
-use iota_instrument::{IfInstrumented, Instrumented, Options, UnwindExits};
+use iota_instrument::{IfInstrumented, Instrumented, Options, SymbolMap, UnwindExits};
 
 /// Instrument WebAssembly modules for function-level tracing.
 ///
@@ -60,6 +60,12 @@ struct Cli {
     /// Keep `.debug_*` and `sourceMappingURL` sections (dropped by default: code offsets move).
     #[arg(long)]
     keep_debug: bool,
+
+    /// Name functions from a symbol map (lines `INDEX:NAME`, as Emscripten's `--emit-symbol-map`
+    /// and `wasm-opt --symbolmap` write them); it wins over the `name` section and DWARF.
+    /// Single input only.
+    #[arg(long, value_name = "FILE", conflicts_with = "out_dir")]
+    symbol_map: Option<PathBuf>,
 
     /// Copy already instrumented inputs unchanged instead of failing on them.
     #[arg(long)]
@@ -226,6 +232,11 @@ fn instrument_one(cli: &Cli, input: &Path) -> Result<bool> {
     });
     if cli.skip_instrumented {
         options.if_instrumented(IfInstrumented::PassThrough);
+    }
+    if let Some(path) = &cli.symbol_map {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the symbol map {}", path.display()))?;
+        options.symbol_map(SymbolMap::parse(&text)?);
     }
     let out = iota_instrument::instrument(&wasm, &options)?;
     if !cli.quiet {

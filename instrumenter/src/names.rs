@@ -12,14 +12,23 @@ pub struct FunctionEntry {
     pub id: u32,
     /// The function's index in the input module.
     pub original_index: u32,
-    /// Human-readable name: demangled `name`-section name, else an export name,
-    /// else `wasm-function[N]` with N the original index.
+    /// Human-readable name, demangled: from the symbol map given, else the `name` section, else
+    /// DWARF, else an export name, else `wasm-function[N]` with N the original index.
     pub name: String,
-    /// The name as found in the `name` section or exports, if any, before demangling.
+    /// The name as found (symbol map, `name` section, DWARF or exports), before demangling.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub raw_name: Option<String>,
     /// Whether the function reports to the enter/exit hooks.
     pub instrumented: bool,
+    /// Source file of the function, from DWARF.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub file: Option<String>,
+    /// Source line of its first instruction, from DWARF.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub line: Option<u32>,
+    /// Source column of its first instruction, from DWARF, where known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub column: Option<u32>,
 }
 
 /// Demangles a Rust (legacy or v0) or Itanium C++ symbol; other names come back unchanged.

@@ -19,7 +19,8 @@ pub enum IfInstrumented {
 /// The handler is a `try_table (catch_all_ref)` around the body that calls `exit` and rethrows
 /// with `throw_ref` (legacy `try`/`catch_all`/`rethrow` in modules that use legacy exception
 /// handling). It only goes on functions an exception can unwind: those that throw, call an
-/// import, call through a table or a reference, or call a defined function that can be unwound.
+/// import that may throw (not WASI, the hooks or the Observe API), call through a table or a
+/// reference, or call a defined function that can be unwound.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum UnwindExits {
     /// In every module: an exception thrown by the host or by another instance through an
@@ -47,12 +48,65 @@ pub struct Options {
     keep_debug: bool,
     if_instrumented: IfInstrumented,
     unwind_exits: UnwindExits,
+    symbol_map: Option<SymbolMap>,
+}
+
+/// Function names from a symbol map beside the module: lines `INDEX:NAME`, with INDEX the
+/// function's index in the module (imports included). This is the format of Emscripten's
+/// `--emit-symbol-map` and of Binaryen's `wasm-opt --symbolmap`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SymbolMap {
+    names: std::collections::BTreeMap<u32, String>,
+}
+
+impl SymbolMap {
+    /// Parses a symbol map; empty lines are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::SymbolMap`] naming the first line that is not `INDEX:NAME`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut names = std::collections::BTreeMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let entry = line
+                .split_once(':')
+                .and_then(|(index, name)| Some((index.trim().parse::<u32>().ok()?, name)))
+                .filter(|(_, name)| !name.is_empty());
+            let Some((index, name)) = entry else {
+                return Err(Error::new(ErrorKind::SymbolMap {
+                    line: number + 1,
+                    reason: format!("expected `INDEX:NAME`, found {line:?}"),
+                }));
+            };
+            names.entry(index).or_insert_with(|| name.to_string());
+        }
+        Ok(SymbolMap { names })
+    }
+
+    /// The name of function `index`, if the map has one.
+    pub fn name(&self, index: u32) -> Option<&str> {
+        self.names.get(&index).map(String::as_str)
+    }
 }
 
 impl Options {
     /// Options with the defaults.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Names functions from `map` (it wins over the module's `name` section and DWARF).
+    pub fn symbol_map(&mut self, map: SymbolMap) -> &mut Self {
+        self.symbol_map = Some(map);
+        self
+    }
+
+    pub(crate) fn symbols(&self) -> Option<&SymbolMap> {
+        self.symbol_map.as_ref()
     }
 
     /// Instrument only functions whose name matches this glob (demangled or raw name).

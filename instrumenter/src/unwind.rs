@@ -1,9 +1,10 @@
 //! Which functions an exception can unwind, and so which need a handler that calls `exit`.
 //!
 //! A call to a function can end in an exception if the function throws (`throw`, `throw_ref`,
-//! legacy `rethrow`), calls or tail-calls an imported function (the host or another instance
-//! may throw), calls or tail-calls through a table or a reference (the callee may be anything),
-//! or calls or tail-calls a defined function a call to which can end in an exception.
+//! legacy `rethrow`), calls or tail-calls an imported function that may throw (the host or
+//! another instance may; WASI functions, the hooks and the Observe API never do), calls or
+//! tail-calls through a table or a reference (the callee may be anything), or calls or
+//! tail-calls a defined function a call to which can end in an exception.
 //!
 //! A function's own frame can be unwound, and so needs the handler, if it throws, or makes a
 //! call that is not a tail call and can end in an exception. A tail call does not count for the

@@ -728,3 +728,102 @@ fn label_names_follow_the_labels_the_wrapper_adds() {
     // The wrapper block is label 0; the body's own block, label 1, keeps its name.
     assert!(text.contains("block $inner"), "{text}");
 }
+
+/// `fixtures/wasm/dwarf_names.wasm`: DWARF but no `name` section (see fixtures/build.sh).
+fn dwarf_fixture() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/wasm/dwarf_names.wasm"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn functions_without_a_name_section_are_named_and_placed_from_dwarf() {
+    let out = iota_instrument::instrument(&dwarf_fixture(), &Options::new()).unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let find = |name: &str| {
+        out.functions
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {:#?}", out.functions))
+    };
+    let square = find("dwarf_names::shapes::area::square");
+    assert!(
+        square
+            .raw_name
+            .as_deref()
+            .unwrap()
+            .starts_with("_ZN11dwarf_names6shapes4area6square")
+    );
+    assert_eq!(square.file.as_deref(), Some("fixtures/rust/dwarf_names.rs"));
+    assert_eq!(square.line, Some(12));
+    let fold = find("dwarf_names::checksum::fold");
+    assert_eq!(fold.line, Some(25));
+    assert_eq!(find("dwarf_names::shapes::area::total").line, Some(18));
+    // The debug sections are dropped from the output, the names are not lost.
+    assert!(
+        !custom_sections(&out.wasm)
+            .iter()
+            .any(|s| s.starts_with(".debug_"))
+    );
+}
+
+#[test]
+fn a_symbol_map_names_functions_first_and_a_bad_one_is_refused_by_line() {
+    let wasm = dwarf_fixture();
+    let plain = iota_instrument::instrument(&wasm, &Options::new()).unwrap();
+    let square = plain
+        .functions
+        .iter()
+        .find(|f| f.name.ends_with("::square"))
+        .unwrap();
+    let map = format!("{}:area_of_a_square\n\n3:ctors\n", square.original_index);
+    let mut options = Options::new();
+    options.symbol_map(iota_instrument::SymbolMap::parse(&map).unwrap());
+    let named = iota_instrument::instrument(&wasm, &options).unwrap();
+    let by_index = |index: u32| {
+        named
+            .functions
+            .iter()
+            .find(|f| f.original_index == index)
+            .unwrap()
+    };
+    assert_eq!(by_index(square.original_index).name, "area_of_a_square");
+    assert_eq!(
+        by_index(square.original_index).line,
+        Some(12),
+        "the place still comes from DWARF"
+    );
+    assert_eq!(by_index(3).name, "ctors");
+
+    let error = iota_instrument::SymbolMap::parse("0:main\nnot a line\n").unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid symbol map, line 2: expected `INDEX:NAME`, found \"not a line\""
+    );
+}
+
+#[test]
+fn calls_to_imports_that_never_throw_need_no_handler() {
+    let module = r#"(module
+      (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+      (import "dylibso:observe/api" "span-exit" (func $span_exit))
+      (import "env" "host" (func $host))
+      (func $calls_wasi (drop (call $yield)) (call $span_exit))
+      (func $calls_host (call $host))
+      (func $tail_wasi (return_call $span_exit))
+      (func $calls_tail_wasi (call $tail_wasi)))"#;
+    let out = instrument(&wat(module), &Options::new()).unwrap();
+    validate(&out.wasm);
+    let handled: Vec<bool> = bodies(&out.wasm)
+        .iter()
+        .map(|b| b.contains("try_table"))
+        .collect();
+    assert_eq!(
+        handled,
+        [false, true, false, false],
+        "{}",
+        printed(&out.wasm)
+    );
+}

@@ -131,7 +131,7 @@ impl Compiler {
     }
 
     /// Waits for a turn, then instruments (unless `instrument` is false: then only validates)
-    /// and compiles `wasm` in a worker.
+    /// and compiles `wasm` in a worker, naming functions from `symbol_map` first.
     ///
     /// # Errors
     ///
@@ -140,6 +140,7 @@ impl Compiler {
         &self,
         _admission: &Admission,
         wasm: &[u8],
+        symbol_map: Option<&str>,
         instrument: bool,
     ) -> Result<Compiled, CompileError> {
         let _turn = self
@@ -153,6 +154,11 @@ impl Compiler {
         tokio::fs::write(&original, wasm)
             .await
             .map_err(worker_error)?;
+        if let Some(map) = symbol_map {
+            tokio::fs::write(dir.path.join(worker::SYMBOL_MAP), map)
+                .await
+                .map_err(worker_error)?;
+        }
         let mut command = tokio::process::Command::new(&self.program);
         command
             .arg("compile-worker")

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use iota_instrument::{FunctionEntry, IfInstrumented, Options};
+use iota_instrument::{FunctionEntry, IfInstrumented, Options, SymbolMap};
 use serde::{Deserialize, Serialize};
 use wasmtime::{Engine, Module};
 
@@ -17,6 +17,8 @@ pub const RUNNABLE: &str = "runnable.wasm";
 pub const ARTIFACT: &str = "module.cwasm";
 /// The upload, in the worker's directory.
 pub const INPUT: &str = "input.wasm";
+/// The upload's symbol map, if it came with one.
+pub const SYMBOL_MAP: &str = "symbols.map";
 
 /// Scheduling priority of a worker: below the server's runs.
 const NICE: i32 = 10;
@@ -107,6 +109,19 @@ fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
     let clock = Instant::now();
     let mut options = Options::new();
     options.if_instrumented(IfInstrumented::PassThrough);
+    if let Ok(text) = std::fs::read_to_string(args.dir.join(SYMBOL_MAP)) {
+        match SymbolMap::parse(&text) {
+            Ok(map) => {
+                options.symbol_map(map);
+            }
+            Err(err) => {
+                return Ok(WorkerReport::Refused {
+                    stage: Stage::Instrument,
+                    message: err.to_string(),
+                });
+            }
+        }
+    }
     let out = match iota_instrument::instrument(wasm, &options) {
         Ok(out) => out,
         Err(err) => {

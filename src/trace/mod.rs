@@ -246,6 +246,8 @@ pub struct RunFacts {
     pub module: String,
     /// Function names indexed by hook id.
     pub names: Arc<[Option<String>]>,
+    /// Functions' source locations indexed by hook id.
+    pub locations: Arc<[Option<names::SourceLocation>]>,
     /// Host functions timed at the boundary, by index.
     pub host_functions: &'static [&'static str],
     /// Trace id (the caller's, from `traceparent`, or a new one).
@@ -307,6 +309,7 @@ impl TraceRecord {
             module: facts.module,
             names: CallNames::new(
                 facts.names,
+                facts.locations,
                 recorder.functions(),
                 facts.host_functions,
                 recorder.manual_names().into(),
@@ -548,7 +551,16 @@ impl TraceRecord {
         )];
         match self.names.kind(call.id) {
             CallKind::Function => {
-                attributes.push(KeyValue::new("wasm.function.index", i64::from(call.id)))
+                attributes.push(KeyValue::new("wasm.function.index", i64::from(call.id)));
+                if let Some(location) = self.names.location(call.id) {
+                    attributes.push(KeyValue::new("code.file.path", location.file.clone()));
+                    if let Some(line) = location.line {
+                        attributes.push(KeyValue::new("code.line.number", i64::from(line)));
+                    }
+                    if let Some(column) = location.column {
+                        attributes.push(KeyValue::new("code.column.number", i64::from(column)));
+                    }
+                }
             }
             CallKind::Host(_) => attributes.push(KeyValue::new("iota.call.kind", "host")),
             CallKind::Manual(_) => attributes.push(KeyValue::new("iota.call.kind", "observe")),

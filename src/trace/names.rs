@@ -14,30 +14,52 @@ pub enum CallKind {
     Manual(u32),
 }
 
+/// Where a function is in the source (from DWARF).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceLocation {
+    /// Source file path, as compiled.
+    pub file: String,
+    /// Line of the function's first instruction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// Column, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+}
+
 /// The names of a run's call ids.
 #[derive(Debug, Clone)]
 pub struct CallNames {
     module: Arc<[Option<String>]>,
+    locations: Arc<[Option<SourceLocation>]>,
     functions: u32,
     host: &'static [&'static str],
     manual: Arc<[String]>,
 }
 
 impl CallNames {
-    /// Names for a module whose function names by hook id are `module`, `functions` of them,
-    /// with the host functions `host` and the manual span names `manual`.
+    /// Names for a module whose function names and source locations by hook id are `module`
+    /// and `locations`, `functions` of them, with the host functions `host` and the manual span
+    /// names `manual`.
     pub fn new(
         module: Arc<[Option<String>]>,
+        locations: Arc<[Option<SourceLocation>]>,
         functions: u32,
         host: &'static [&'static str],
         manual: Arc<[String]>,
     ) -> Self {
         CallNames {
             module,
+            locations,
             functions,
             host,
             manual,
         }
+    }
+
+    /// Where function `id` is in the source, if known.
+    pub fn location(&self, id: u32) -> Option<&SourceLocation> {
+        self.locations.get(id as usize).and_then(Option::as_ref)
     }
 
     /// The module's function names by hook id: the same allocation for every run of one
@@ -85,6 +107,7 @@ mod tests {
     fn ids_name_functions_then_host_calls_then_manual_spans() {
         let names = CallNames::new(
             vec![Some("main".to_string()), None].into(),
+            Vec::new().into(),
             2,
             &["fd_write", "fd_read"],
             vec!["work".to_string()].into(),

@@ -167,3 +167,62 @@ fn the_legacy_observe_names_work_and_bad_pointers_trap_clearly() {
     );
     assert_eq!(server.get("/healthz").status(), 200);
 }
+
+#[test]
+fn functions_are_named_and_placed_from_dwarf_or_a_symbol_map() {
+    let server = Server::start(&data_dir("dwarf-names"), &[], &[]);
+    server.upload_ok("dwarf", &fixture("dwarf_names.wasm"));
+    let response = server.run("name=dwarf", "");
+    assert_eq!(response.status(), 200);
+    let spans = Spans::of(&server.trace(&trace_id_of(&response)));
+    let squares = spans.named("dwarf_names::shapes::area::square");
+    assert_eq!(squares.len(), 4, "one per side");
+    for square in &squares {
+        assert_eq!(
+            attribute(square, "code.file.path"),
+            "fixtures/rust/dwarf_names.rs"
+        );
+        assert_eq!(attribute(square, "code.line.number"), 12);
+        assert_eq!(
+            parent_name(&spans, square),
+            "dwarf_names::shapes::area::total"
+        );
+    }
+
+    // A symbol map sent with the module names functions first.
+    let index = iota_instrument::instrument(
+        &fixture("dwarf_names.wasm"),
+        &iota_instrument::Options::new(),
+    )
+    .unwrap()
+    .functions
+    .into_iter()
+    .find(|f| f.name.ends_with("::square"))
+    .unwrap()
+    .original_index;
+    let upload = |map: String| {
+        let form = reqwest::blocking::multipart::Form::new()
+            .part(
+                "wasm",
+                reqwest::blocking::multipart::Part::bytes(fixture("dwarf_names.wasm"))
+                    .file_name("m.wasm"),
+            )
+            .text("symbol_map", map);
+        crate::harness::client()
+            .post(format!("{}/upload?name=mapped", server.url))
+            .multipart(form)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(upload(format!("{index}:square_of_a_side\n")).status(), 201);
+    let response = server.run("name=mapped", "");
+    let spans = Spans::of(&server.trace(&trace_id_of(&response)));
+    assert_eq!(spans.named("square_of_a_side").len(), 4);
+
+    let (status, error) = error_of(upload("this is no map".into()));
+    assert_eq!(status, 400);
+    assert_eq!(
+        error,
+        "invalid symbol map, line 1: expected `INDEX:NAME`, found \"this is no map\""
+    );
+}
