@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use iota_instrument::{FunctionEntry, IfInstrumented, Options, SymbolMap};
+use iota_instrument::{FunctionEntry, IfInstrumented, Options, SymbolMap, UnwindExits};
 use serde::{Deserialize, Serialize};
 use wasmtime::{Engine, Module};
 
@@ -108,7 +108,12 @@ fn confine(memory_limit_mb: u64) {
 fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
     let clock = Instant::now();
     let mut options = Options::new();
-    options.if_instrumented(IfInstrumented::PassThrough);
+    // In this host nothing outside a module can throw into it: its imports are WASI, the hooks,
+    // the Observe API or functions that trap, and its tables hold only its own functions and
+    // those. So only a module that throws itself needs the handlers that exit on unwind.
+    options
+        .if_instrumented(IfInstrumented::PassThrough)
+        .unwind_exits(UnwindExits::IfModuleUsesExceptions);
     if let Ok(text) = std::fs::read_to_string(args.dir.join(SYMBOL_MAP)) {
         match SymbolMap::parse(&text) {
             Ok(map) => {
