@@ -9,6 +9,7 @@ pub mod api;
 pub mod budget;
 pub mod compile;
 pub mod config;
+pub mod learning;
 pub mod registry;
 pub mod runs;
 pub mod runtime;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use iota::api::{AppState, Tokens, UploadCounters, app};
 use iota::compile::worker::WorkerArgs;
 use iota::compile::{CompileSettings, Compiler};
+use iota::learning::{LearnRequest, LearnSettings};
 use iota::registry::Registry;
 use iota::runs::{RunCounters, RunSlots, TraceSinks};
 use iota::runtime::{RunLimits, Runtime};
@@ -68,7 +69,14 @@ fn serve(config: ServeConfig) -> Result<()> {
         timeout: Duration::from_millis(config.compile_timeout_ms),
         memory_limit_mb: config.compile_memory_limit_mb,
     };
-    let registry = Registry::open(&config.data_dir, runtime.clone(), |scratch| {
+    let learn = LearnSettings {
+        enabled: config.learn,
+        after_runs: config.learn_after_runs,
+        after_calls: config.learn_after_calls,
+        mean_ns: config.learn_mean_ns,
+        min_calls: config.learn_min_calls,
+    };
+    let registry = Registry::open(&config.data_dir, runtime.clone(), learn, |scratch| {
         Compiler::new(program, scratch.to_path_buf(), compile)
     })
     .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
@@ -100,6 +108,7 @@ fn serve(config: ServeConfig) -> Result<()> {
         counters: RunCounters::default(),
     });
     let non_empty = |token: &Option<String>| token.clone().filter(|t| !t.is_empty());
+    let (learner, mut lessons) = tokio::sync::mpsc::unbounded_channel::<LearnRequest>();
     let state = Arc::new(AppState {
         registry,
         runtime,
@@ -122,12 +131,23 @@ fn serve(config: ServeConfig) -> Result<()> {
             read: non_empty(&config.read_token),
         },
         sampler: Sampler::from_env(),
+        learner,
     });
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     tokio.block_on(async {
+        // Versions that learned which calls are short are re-instrumented one at a time.
+        let learning = state.clone();
+        tokio::spawn(async move {
+            while let Some(lesson) = lessons.recv().await {
+                learning
+                    .registry
+                    .learn(&lesson.name, lesson.from, lesson.ids)
+                    .await;
+            }
+        });
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding {}", config.addr))?;

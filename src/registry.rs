@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{InstancePre, Module};
 
 use crate::compile::{Admission, CompileError, Compiled, Compiler, Stage};
+use crate::learning::{LearnSettings, Learning};
 use crate::runtime::entry::EntryPoints;
 use crate::runtime::{RunState, Runtime};
 use crate::store::{Collected, DiskStore, write_atomic};
@@ -40,8 +41,25 @@ pub struct ModuleInfo {
     pub runnable_size: usize,
     /// Defined functions.
     pub functions: usize,
-    /// Functions reporting enter/exit.
+    /// Functions reporting enter/exit, or counting their calls.
     pub traced_functions: usize,
+    /// Of those, functions whose calls are only counted, not timed (provably short).
+    #[serde(default)]
+    pub counted_functions: usize,
+    /// `counted` (provably short functions count their calls, the rest are timed: the
+    /// default) or `every_call` (every call timed).
+    #[serde(default = "every_call")]
+    pub timing: String,
+    /// Functions counted because earlier runs showed their calls short (see
+    /// [`crate::learning`]).
+    #[serde(default)]
+    pub learned_functions: usize,
+    /// 0 as uploaded; 1 once re-instrumented with what its runs taught.
+    #[serde(default)]
+    pub generation: u32,
+    /// Learn from its runs which calls to count (unless the server does not).
+    #[serde(default = "yes")]
+    pub learn: bool,
     /// How the module reports calls: `iota` (instrumented here), `preinstrumented` (it already
     /// called the hooks), or `none` (uploaded with `instrument=false`).
     pub tracing: Tracing,
@@ -68,6 +86,10 @@ fn yes() -> bool {
     true
 }
 
+fn every_call() -> String {
+    "every_call".into()
+}
+
 /// How a module's function calls reach the recorder.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +111,10 @@ pub struct UploadOptions {
     pub trap_unknown_imports: bool,
     /// Time WASI calls as host-call spans.
     pub host_spans: bool,
+    /// Time every call of every function, rather than counting provably short ones.
+    pub time_every_call: bool,
+    /// Learn from the first runs which calls are short, and count those too.
+    pub learn: bool,
     /// Span limits for this module's runs.
     pub spans: SpanOverrides,
 }
@@ -105,8 +131,58 @@ pub struct LoadedModule {
     pub locations: Arc<[Option<SourceLocation>]>,
     /// Its WASI calls are timed as host calls (the module asks for it and the server allows).
     pub host_spans: bool,
+    /// The counters of its counted functions.
+    pub counters: Vec<(u32, wasmtime::ModuleExport)>,
     /// A run of it has started in this process (the next is no cold start).
     pub warm: AtomicBool,
+    /// What its runs showed, while it is learning which calls are short.
+    pub learning: Option<Mutex<Learning>>,
+}
+
+impl LoadedModule {
+    /// Where learning which calls are short stands for this version (see
+    /// [`Learning::state`]): `learned` for a version made from what its predecessor learned,
+    /// `off` where it does not learn.
+    pub fn learning_state(&self) -> &'static str {
+        match &self.learning {
+            Some(learning) => lock(learning).state(),
+            None if self.info.generation > 0 => "learned",
+            None => "off",
+        }
+    }
+
+    /// Adds a finished run to what the version learns; the hook ids to count from now on,
+    /// once (see [`crate::learning`]).
+    pub fn observe(&self, trace: &crate::trace::TraceRecord) -> Option<Vec<u32>> {
+        lock(self.learning.as_ref()?).observe(trace)
+    }
+}
+
+/// Where a version being installed comes from.
+enum Origin<'a> {
+    /// An upload of `sha256` with `options`.
+    Upload {
+        sha256: String,
+        options: UploadOptions,
+    },
+    /// The version `from`, re-instrumented with what its runs taught.
+    Learned { from: &'a LoadedModule },
+}
+
+impl Origin<'_> {
+    fn options(&self) -> UploadOptions {
+        match self {
+            Origin::Upload { options, .. } => *options,
+            Origin::Learned { from } => UploadOptions {
+                instrument: true,
+                trap_unknown_imports: from.info.trap_unknown_imports,
+                host_spans: from.info.host_spans,
+                time_every_call: false,
+                learn: false,
+                spans: from.info.spans,
+            },
+        }
+    }
 }
 
 /// Why an upload failed.
@@ -178,6 +254,7 @@ pub struct Registry {
     loaded: Mutex<Vec<Weak<LoadedModule>>>,
     /// Content being installed by uploads, not yet referred to by a version.
     installing: Mutex<HashMap<String, usize>>,
+    learn: LearnSettings,
 }
 
 /// Checks a module name: `[A-Za-z0-9_.-]{1,64}`, not `.` or `..`.
@@ -212,6 +289,7 @@ impl Registry {
     pub fn open(
         dir: &Path,
         runtime: Arc<Runtime>,
+        learn: LearnSettings,
         compiler: impl FnOnce(&Path) -> Compiler,
     ) -> Result<Self> {
         let mut hasher = DefaultHasher::new();
@@ -228,6 +306,7 @@ impl Registry {
             writes: Mutex::new(()),
             loaded: Mutex::new(Vec::new()),
             installing: Mutex::new(HashMap::new()),
+            learn,
         };
         let mut modules = BTreeMap::new();
         for path in registry.store.versions()? {
@@ -266,11 +345,13 @@ impl Registry {
             .prepare(&module, info.trap_unknown_imports, host_spans)?;
         info.entry = EntryPoints::of(&module).map_err(anyhow::Error::msg)?;
         Ok(LoadedModule {
+            learning: self.learning_for(&info),
             info,
             pre,
             names,
             locations,
             host_spans,
+            counters: Runtime::counters(&module),
             warm: AtomicBool::new(false),
         })
     }
@@ -318,11 +399,19 @@ impl Registry {
     ) -> Result<(ModuleInfo, UploadTimings), UploadError> {
         let compiled = self
             .compiler
-            .compile(admission, wasm, symbol_map, options.instrument)
+            .compile(
+                admission,
+                wasm,
+                symbol_map,
+                options.instrument,
+                options.time_every_call,
+                &[],
+            )
             .await?;
         let sha256 = sha256_hex(wasm);
         // File work, not to be cut short by an abandoned request.
-        let result = tokio::task::block_in_place(|| self.install(name, sha256, compiled, options));
+        let origin = Origin::Upload { sha256, options };
+        let result = tokio::task::block_in_place(|| self.install(name, origin, compiled));
         if result.is_ok() {
             self.collect_garbage(false);
         }
@@ -332,14 +421,14 @@ impl Registry {
     fn install(
         &self,
         name: &str,
-        sha256: String,
+        origin: Origin<'_>,
         compiled: Compiled,
-        options: UploadOptions,
     ) -> Result<(ModuleInfo, UploadTimings), UploadError> {
         let clock = Instant::now();
         let runnable = std::fs::read(&compiled.runnable).context("reading the compiled module")?;
         let runnable_sha256 = sha256_hex(&runnable);
         let module = self.deserialize(&compiled.artifact)?;
+        let options = origin.options();
         let host_spans = options.host_spans && self.runtime.host_spans();
         let pre = self
             .runtime
@@ -351,26 +440,67 @@ impl Registry {
             (true, true) => Tracing::Preinstrumented,
             (true, false) => Tracing::Iota,
         };
-        let names = names_by_id(&compiled.functions, tracing);
-        let info = ModuleInfo {
-            name: name.to_string(),
-            original_size: std::fs::metadata(&compiled.original).map_or(0, |m| m.len() as usize),
-            runnable_size: runnable.len(),
-            functions: compiled.functions.len(),
-            traced_functions: match tracing {
-                Tracing::None => 0,
-                _ => compiled.functions.iter().filter(|f| f.instrumented).count(),
+        let mut functions = compiled.functions.clone();
+        let counted = |functions: &[FunctionEntry]| match tracing {
+            Tracing::None => 0,
+            _ => functions.iter().filter(|f| f.timing.is_counted()).count(),
+        };
+        let info = match &origin {
+            Origin::Upload { sha256, options } => ModuleInfo {
+                name: name.to_string(),
+                original_size: std::fs::metadata(&compiled.original)
+                    .map_or(0, |m| m.len() as usize),
+                runnable_size: runnable.len(),
+                functions: functions.len(),
+                traced_functions: match tracing {
+                    Tracing::None => 0,
+                    _ => functions.iter().filter(|f| f.instrumented).count(),
+                },
+                counted_functions: counted(&functions),
+                learned_functions: 0,
+                generation: 0,
+                learn: options.learn,
+                tracing,
+                entry,
+                trap_unknown_imports: options.trap_unknown_imports,
+                host_spans: options.host_spans,
+                timing: if options.time_every_call {
+                    every_call()
+                } else {
+                    "counted".into()
+                },
+                spans: options.spans,
+                uploaded_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                sha256: sha256.clone(),
+                runnable_sha256,
             },
-            tracing,
-            entry,
-            trap_unknown_imports: options.trap_unknown_imports,
-            host_spans: options.host_spans,
-            spans: options.spans,
-            uploaded_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            sha256,
-            runnable_sha256,
+            Origin::Learned { from, .. } => {
+                // The same input and options give the same ids: the names stay the earlier
+                // version's (a symbol map sent at upload included).
+                for f in &mut functions {
+                    if let Some(Some(name)) = from.names.get(f.id as usize) {
+                        f.name = name.clone();
+                    }
+                }
+                ModuleInfo {
+                    runnable_size: runnable.len(),
+                    counted_functions: counted(&functions),
+                    learned_functions: functions
+                        .iter()
+                        .filter(|f| f.timing == iota_instrument::Timing::Learned)
+                        .count(),
+                    generation: from.info.generation + 1,
+                    entry,
+                    runnable_sha256,
+                    ..from.info.clone()
+                }
+            }
+        };
+        let (names, locations) = match &origin {
+            Origin::Upload { .. } => split_names(names_by_id(&functions, tracing)),
+            Origin::Learned { from, .. } => (from.names.clone(), from.locations.clone()),
         };
 
         let _installing = self.installing([&info.sha256, &info.runnable_sha256]);
@@ -383,19 +513,34 @@ impl Registry {
         store.install(&compiled.artifact, &store.artifact(&info.runnable_sha256))?;
         write_atomic(
             &store.blob(&info.runnable_sha256, "names.json"),
-            &serde_json::to_vec(&names).context("names")?,
+            &serde_json::to_vec(&joined_names(&names, &locations)).context("names")?,
         )?;
-        let (names, locations) = split_names(names);
+        write_atomic(
+            &store.blob(&info.runnable_sha256, "functions.json"),
+            &serde_json::to_vec(&functions).context("function map")?,
+        )?;
         let loaded = Arc::new(LoadedModule {
+            learning: self.learning_for(&info),
             info: info.clone(),
             pre,
             names,
             locations,
             host_spans,
+            counters: Runtime::counters(&module),
             warm: AtomicBool::new(false),
         });
         {
             let _switch = lock(&self.writes);
+            if let Origin::Learned { from, .. } = &origin
+                && self
+                    .get(name)
+                    .is_none_or(|current| current.info.runnable_sha256 != from.info.runnable_sha256)
+            {
+                // Replaced or deleted meanwhile: what was learned is of no use.
+                return Err(UploadError::Internal(anyhow::anyhow!(
+                    "`{name}` changed while its learned version was compiled"
+                )));
+            }
             write_atomic(
                 &store.version(name),
                 &serde_json::to_vec_pretty(&info).context("module info")?,
@@ -412,6 +557,53 @@ impl Registry {
             store_ms: clock.elapsed().as_secs_f64() * 1e3,
         };
         Ok((info, timings))
+    }
+
+    /// The learning state of a new version, if it learns (see [`crate::learning`]).
+    fn learning_for(&self, info: &ModuleInfo) -> Option<Mutex<Learning>> {
+        let learns = self.learn.enabled
+            && info.learn
+            && info.generation == 0
+            && info.timing == "counted"
+            && info.tracing == Tracing::Iota;
+        learns.then(|| Mutex::new(Learning::new(self.learn)))
+    }
+
+    /// Re-instruments `name`'s version `from` with the functions `ids` counted, and makes it
+    /// the current version if `from` still is. Waits for no one: if the upload queue is full,
+    /// or anything fails, the version learns again from its next runs.
+    pub async fn learn(&self, name: &str, from: Arc<LoadedModule>, ids: Vec<u32>) {
+        let outcome = async {
+            let admission = self.compiler.admit()?;
+            let original_path = self.store.blob(&from.info.sha256, "wasm");
+            let wasm = tokio::fs::read(&original_path)
+                .await
+                .with_context(|| format!("reading {}", original_path.display()))?;
+            let compiled = self
+                .compiler
+                .compile(&admission, &wasm, None, true, false, &ids)
+                .await?;
+            let origin = Origin::Learned { from: &from };
+            tokio::task::block_in_place(|| self.install(name, origin, compiled))?;
+            Ok::<_, UploadError>(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                tracing::info!(
+                    module = name,
+                    learned = ids.len(),
+                    "counting short calls learned from runs"
+                );
+                self.collect_garbage(false);
+            }
+            Err(err) => {
+                tracing::warn!(module = name, "learning short calls: {err}");
+                if let Some(learning) = &from.learning {
+                    lock(learning).retry();
+                }
+            }
+        }
     }
 
     /// Marks content as being installed until the guard drops, so no collection removes it
@@ -516,6 +708,26 @@ impl Registry {
         Ok(existed)
     }
 
+    /// The function map of `name`'s current version: every defined function, its id, names,
+    /// source location and how its calls are recorded (`None` for a module stored before
+    /// function maps were kept).
+    ///
+    /// # Errors
+    ///
+    /// If the stored map cannot be read.
+    pub fn function_map(&self, name: &str) -> Result<Option<serde_json::Value>> {
+        let Some(module) = self.get(name) else {
+            return Ok(None);
+        };
+        let path = self
+            .store
+            .blob(&module.info.runnable_sha256, "functions.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_slice(&std::fs::read(&path)?)?))
+    }
+
     /// Bytes in the data directory.
     pub fn disk_bytes(&self) -> u64 {
         self.store.bytes()
@@ -533,6 +745,24 @@ enum StoredName {
         #[serde(flatten)]
         location: SourceLocation,
     },
+}
+
+/// Names and locations as `names.json` keeps them.
+fn joined_names(
+    names: &[Option<String>],
+    locations: &[Option<SourceLocation>],
+) -> Vec<Option<StoredName>> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(id, name)| {
+            let name = name.clone()?;
+            Some(match locations.get(id).cloned().flatten() {
+                Some(location) => StoredName::Located { name, location },
+                None => StoredName::Plain(name),
+            })
+        })
+        .collect()
 }
 
 /// Function names and locations indexed by hook id (none for a module that reports no calls).

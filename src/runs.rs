@@ -13,6 +13,7 @@ use opentelemetry::trace::{SpanId, TraceId, TraceState};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use crate::learning::{LearnRequest, Learner};
 use crate::registry::LoadedModule;
 use crate::runtime::entry::Call;
 use crate::runtime::{Invocation, Runtime, stdio};
@@ -99,6 +100,8 @@ pub struct RunJob {
     pub trace: TraceContext,
     /// Span limits of this run.
     pub volume: SpanVolume,
+    /// Where to send what the module's runs taught about its short calls.
+    pub learner: Option<Learner>,
 }
 
 /// Where the run's spans go in the caller's trace.
@@ -170,6 +173,7 @@ async fn execute(
                 functions: module.names.len(),
                 host_spans: module.host_spans,
                 record_calls: job.trace.sampled,
+                counters: &module.counters,
                 min_span_ns: job.volume.min_span_us.saturating_mul(1000),
             },
             cancelled(&mut reply, stdin_failure),
@@ -205,6 +209,15 @@ async fn execute(
         &outcome.recorder,
     ));
     drop(outcome.recorder);
+    if let Some(ids) = module.observe(&trace)
+        && let Some(learner) = &job.learner
+    {
+        let _ = learner.send(LearnRequest {
+            name: module.info.name.clone(),
+            from: module.clone(),
+            ids,
+        });
+    }
     counters.finished.fetch_add(1, Ordering::Relaxed);
     if outcome.ending.error().is_some() {
         counters.failed.fetch_add(1, Ordering::Relaxed);

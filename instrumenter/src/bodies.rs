@@ -67,6 +67,26 @@ pub(crate) fn rewrite_bodies(
     })
 }
 
+/// Rewrites again, in parallel, the bodies `counted` flags, now that `rw` counts their calls.
+pub(crate) fn recount_bodies(
+    rw: &Rewriter<'_, '_>,
+    bodies: &[FunctionBody<'_>],
+    counted: &[bool],
+    rewritten: &mut [Rewritten],
+) -> Result<()> {
+    rewritten
+        .par_iter_mut()
+        .enumerate()
+        .with_min_len(64)
+        .filter(|(slot, _)| counted[*slot])
+        .try_for_each(|(slot, out)| {
+            let plan = rw.plan_for(slot);
+            *out = body::rewrite(rw, &plan, &bodies[slot])
+                .map_err(|e| e.in_function(plan.original_index))?;
+            Ok(())
+        })
+}
+
 /// A body being processed and its position among the defined functions.
 struct Slot<'p, 'a> {
     slot: usize,

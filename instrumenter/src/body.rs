@@ -51,6 +51,8 @@ pub(crate) struct BodyPlan {
     /// The exception wrapper to use if this body alone shows it can be unwound; the final choice
     /// is made once every body has been read.
     pub guess: Option<Wrapper>,
+    /// For a counted function (not traced): the global that counts its calls.
+    pub counter: Option<u32>,
 }
 
 /// What a body does that decides whether an exception can unwind it, or leave a call to it.
@@ -70,6 +72,14 @@ pub(crate) struct BodyFacts {
     pub callees: Vec<u32>,
     /// Defined functions it tail-calls, as input indices.
     pub tail_callees: Vec<u32>,
+    /// Operators in the body.
+    pub operators: u32,
+    /// Contains a `loop`.
+    pub has_loop: bool,
+    /// Calls or tail-calls through a table or a reference.
+    pub calls_indirect: bool,
+    /// Calls or tail-calls an imported function.
+    pub calls_import: bool,
 }
 
 /// A rewritten body (locals and code, without the size prefix) and what was learned reading it.
@@ -136,6 +146,20 @@ pub(crate) fn rewrite(
     while !ops.eof() {
         let at = ops.original_position() as usize;
         let op = ops.read()?;
+        facts.operators += 1;
+        match op {
+            Operator::Loop { .. } => facts.has_loop = true,
+            Operator::CallIndirect { .. }
+            | Operator::CallRef { .. }
+            | Operator::ReturnCallIndirect { .. }
+            | Operator::ReturnCallRef { .. } => facts.calls_indirect = true,
+            Operator::Call { function_index } | Operator::ReturnCall { function_index }
+                if function_index < rw.facts.imported_funcs =>
+            {
+                facts.calls_import = true
+            }
+            _ => {}
+        }
         // Each arm that re-emits copies the untouched bytes before `at` first.
         let flush = |code: &mut Vec<u8>| code.extend_from_slice(&wasm[copied_to..at]);
         match op {
@@ -262,9 +286,16 @@ pub(crate) fn rewrite(
         });
         (Some(wrapper), start..start + code.len())
     } else {
+        if let Some(counter) = plan.counter {
+            Instruction::GlobalGet(counter).encode(&mut out);
+            Instruction::I64Const(1).encode(&mut out);
+            Instruction::I64Add.encode(&mut out);
+            Instruction::GlobalSet(counter).encode(&mut out);
+        }
+        let start = out.len();
         out.extend_from_slice(&code);
         Instruction::End.encode(&mut out);
-        (None, locals_end..locals_end + code.len())
+        (None, start..start + code.len())
     };
     Ok(Rewritten {
         bytes: out,

@@ -27,6 +27,8 @@ pub(crate) struct ModuleFacts<'a> {
     pub types: Vec<Option<FuncSig>>,
     /// Number of imported functions: the index of the first defined function.
     pub imported_funcs: u32,
+    /// Number of globals, imported and defined: the index of the first global appended.
+    pub globals: u32,
     /// Type index of each defined function.
     pub defined_types: Vec<u32>,
     /// Per memory index: whether it is a 64-bit memory.
@@ -37,6 +39,8 @@ pub(crate) struct ModuleFacts<'a> {
     pub already_instrumented: bool,
     /// Indices of imported functions that are `enter` hooks (current or legacy names).
     pub enter_hooks: Vec<u32>,
+    /// Hook ids of functions counted by an earlier rewrite (their counter globals are exported).
+    pub counted_ids: Vec<u32>,
     /// Per imported function: whether a call to it can end in an exception. WASI functions,
     /// the hooks and the Observe API never throw; any other import may.
     pub import_may_throw: Vec<bool>,
@@ -95,7 +99,8 @@ impl<'a> ModuleFacts<'a> {
                             }
                             TypeRef::Memory(m) => facts.memory64.push(m.memory64),
                             TypeRef::Tag(_) => facts.has_tags = true,
-                            TypeRef::Table(_) | TypeRef::Global(_) => {}
+                            TypeRef::Global(_) => facts.globals += 1,
+                            TypeRef::Table(_) => {}
                         }
                     }
                 }
@@ -112,9 +117,18 @@ impl<'a> ModuleFacts<'a> {
                     }
                 }
                 Payload::TagSection(reader) => facts.has_tags |= reader.count() > 0,
+                Payload::GlobalSection(reader) => facts.globals += reader.count(),
                 Payload::ExportSection(reader) => {
                     for export in reader {
                         let export = export?;
+                        if export.kind == ExternalKind::Global
+                            && let Some(id) = export
+                                .name
+                                .strip_prefix(abi::COUNTER_EXPORT_PREFIX)
+                                .and_then(|id| id.parse().ok())
+                        {
+                            facts.counted_ids.push(id);
+                        }
                         if export.kind == ExternalKind::Func
                             && let Some(slot) = facts.defined_slot(export.index)
                             && facts.exports[slot].is_none()

@@ -26,6 +26,7 @@
 mod abi;
 mod bodies;
 mod body;
+mod cost;
 mod dwarf;
 mod error;
 mod facts;
@@ -36,14 +37,15 @@ mod rewrite;
 mod unwind;
 
 pub use abi::{
-    ENTER, EXIT, HOOK_MODULE, LEGACY_ENTER, LEGACY_EXIT, LEGACY_HOOK_MODULE, LEGACY_MEMORY_GROW,
-    MARKER_SECTION, MEMORY_GROW, is_trace_hook,
+    COUNTER_EXPORT_PREFIX, ENTER, EXIT, HOOK_MODULE, LEGACY_ENTER, LEGACY_EXIT, LEGACY_HOOK_MODULE,
+    LEGACY_MEMORY_GROW, MARKER_SECTION, MEMORY_GROW, is_trace_hook,
 };
+pub use cost::{TimedBecause, Timing};
 pub use dwarf::SourceInfo;
 pub use error::{Error, ErrorKind, Result, Warning};
 pub use features::features;
 pub use names::{FunctionEntry, demangle, fallback_name};
-pub use options::{IfInstrumented, Options, SymbolMap, UnwindExits};
+pub use options::{CallTiming, IfInstrumented, Options, SymbolMap, UnwindExits};
 
 use wasm_encoder::reencode::Reencode;
 use wasmparser::Parser;
@@ -108,28 +110,71 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
             bodies::check_bodies(wasm, facts.imported_funcs, pending, &facts.enter_hooks)?;
         return match options.instrumented_policy() {
             IfInstrumented::Fail => Err(Error::new(ErrorKind::AlreadyInstrumented)),
-            IfInstrumented::PassThrough => Ok(Instrumented {
-                wasm: wasm.to_vec(),
-                functions: names.function_map(0, |slot, _| calls_enter[slot]),
-                passed_through: true,
-                warnings,
-            }),
+            IfInstrumented::PassThrough => {
+                let mut functions = names.function_map(0, |slot, _| calls_enter[slot]);
+                for f in &mut functions {
+                    if facts.counted_ids.contains(&f.id) {
+                        f.instrumented = true;
+                        f.timing = Timing::Counted;
+                    }
+                }
+                Ok(Instrumented {
+                    wasm: wasm.to_vec(),
+                    functions,
+                    passed_through: true,
+                    warnings,
+                })
+            }
         };
     }
 
     let functions = names.function_map(abi::HOOKS.len() as u32, |_, names| {
         selector.selects_all() || selector.selects(names)
     });
-    let selected = functions.iter().map(|f| f.instrumented).collect();
+    let selected: Vec<bool> = functions.iter().map(|f| f.instrumented).collect();
     let mut rewriter = rewrite::Rewriter::new(
         wasm,
         &facts,
-        selected,
+        selected.clone(),
         options.unwind(),
         options.keeps_debug(),
     )?;
-    let rewritten = bodies::rewrite_bodies(&rewriter, pending)?;
+    let mut rewritten = bodies::rewrite_bodies(&rewriter, pending)?;
+    let timing = match options.timing() {
+        CallTiming::EveryCall => selected
+            .iter()
+            .map(|&s| {
+                if s {
+                    Timing::Timed(TimedBecause::EveryCall)
+                } else {
+                    Timing::Untraced
+                }
+            })
+            .collect(),
+        CallTiming::ShortCallsCounted { budget } => {
+            let body_facts: Vec<_> = rewritten.iter().map(|r| &r.facts).collect();
+            let mut timing = cost::classify(facts.imported_funcs, &body_facts, &selected, budget);
+            for &id in options.counted_also() {
+                let slot = id.checked_sub(facts.imported_funcs + abi::HOOKS.len() as u32);
+                if let Some(t) = slot.and_then(|s| timing.get_mut(s as usize))
+                    && matches!(t, Timing::Timed(_))
+                {
+                    *t = Timing::Learned;
+                }
+            }
+            timing
+        }
+    };
+    let counted: Vec<bool> = timing.iter().map(|t| t.is_counted()).collect();
+    if counted.contains(&true) {
+        rewriter.count_calls(&counted);
+        bodies::recount_bodies(&rewriter, &facts.bodies, &counted, &mut rewritten)?;
+    }
     rewriter.set_bodies(rewritten);
+    let mut functions = functions;
+    for (f, timing) in functions.iter_mut().zip(timing) {
+        f.timing = timing;
+    }
     let mut module = wasm_encoder::Module::new();
     rewriter.parse_core_module(&mut module, Parser::new(0), wasm)?;
     let wasm = module.finish();
@@ -195,6 +240,11 @@ impl Names<'_> {
                     name,
                     raw_name: raw_name.map(str::to_string),
                     instrumented,
+                    timing: if instrumented {
+                        Timing::Timed(TimedBecause::EveryCall)
+                    } else {
+                        Timing::Untraced
+                    },
                     file: source.file.clone(),
                     line: source.line,
                     column: source.column,

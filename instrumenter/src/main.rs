@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, ValueEnum};
-use iota_instrument::{IfInstrumented, Instrumented, Options, SymbolMap, UnwindExits};
+use iota_instrument::{CallTiming, IfInstrumented, Instrumented, Options, SymbolMap, UnwindExits};
 
 /// Instrument WebAssembly modules for function-level tracing.
 ///
@@ -56,6 +56,20 @@ struct Cli {
     /// Leave functions whose name matches this glob uninstrumented. Repeatable; wins over --include.
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
+
+    /// Time every call of every function (each calls `enter` and `exit`, as any Observe SDK host
+    /// expects), instead of counting the calls of provably short functions in the module.
+    #[arg(long)]
+    time_every_call: bool,
+
+    /// Most operators a counted call may run, callees included (without --time-every-call).
+    #[arg(long, value_name = "OPERATORS", default_value_t = iota_instrument::CallTiming::DEFAULT_BUDGET)]
+    count_budget: u32,
+
+    /// Also count (not time) the functions whose hook ids this file lists, one per line or
+    /// separated by spaces or commas (ids of an earlier output of the same input).
+    #[arg(long, value_name = "FILE", conflicts_with = "time_every_call")]
+    count_also: Option<PathBuf>,
 
     /// Keep `.debug_*` and `sourceMappingURL` sections (dropped by default: code offsets move).
     #[arg(long)]
@@ -233,6 +247,26 @@ fn instrument_one(cli: &Cli, input: &Path) -> Result<bool> {
     if cli.skip_instrumented {
         options.if_instrumented(IfInstrumented::PassThrough);
     }
+    options.call_timing(if cli.time_every_call {
+        CallTiming::EveryCall
+    } else {
+        CallTiming::ShortCallsCounted {
+            budget: cli.count_budget,
+        }
+    });
+    if let Some(path) = &cli.count_also {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let ids = text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<u32>()
+                    .with_context(|| format!("{}: `{s}` is not a function id", path.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        options.count_also(ids);
+    }
     if let Some(path) = &cli.symbol_map {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the symbol map {}", path.display()))?;
@@ -286,8 +320,14 @@ fn report(input: &Path, output: &Path, wasm: &[u8], out: &Instrumented) {
         return;
     }
     let traced = out.functions.iter().filter(|f| f.instrumented).count();
+    let counted = out
+        .functions
+        .iter()
+        .filter(|f| f.timing.is_counted())
+        .count();
     eprintln!(
-        "{} -> {}: {traced} of {} functions instrumented, {} -> {} bytes",
+        "{} -> {}: {traced} of {} functions instrumented ({counted} of them counted, not timed), \
+         {} -> {} bytes",
         input.display(),
         output.display(),
         out.functions.len(),
@@ -310,7 +350,7 @@ fn check(input: &Path, quiet: bool) -> Result<bool> {
         warn(input, &out);
         let traced = out.functions.iter().filter(|f| f.instrumented).count();
         eprintln!(
-            "{}: instrumented ({traced} of {} functions call enter)",
+            "{}: instrumented ({traced} of {} functions call enter or count their calls)",
             input.display(),
             out.functions.len()
         );

@@ -18,8 +18,10 @@ pub struct FunctionEntry {
     /// The name as found (symbol map, `name` section, DWARF or exports), before demangling.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub raw_name: Option<String>,
-    /// Whether the function reports to the enter/exit hooks.
+    /// Whether the function reports to the hooks (timed) or counts its calls.
     pub instrumented: bool,
+    /// How its calls are recorded: timed (and why), counted, or not at all.
+    pub timing: crate::Timing,
     /// Source file of the function, from DWARF.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub file: Option<String>,

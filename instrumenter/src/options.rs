@@ -49,6 +49,40 @@ pub struct Options {
     if_instrumented: IfInstrumented,
     unwind_exits: UnwindExits,
     symbol_map: Option<SymbolMap>,
+    call_timing: CallTiming,
+    /// Hook ids of functions to count even where the cost model would time them.
+    count_also: Vec<u32>,
+}
+
+/// Which calls report `enter`/`exit` (timed) and which only count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallTiming {
+    /// Every call of every selected function is timed: it calls `enter` and `exit`. Any host of
+    /// the hook ABI (Observe SDK hosts too) sees every call.
+    EveryCall,
+    /// Functions whose every call runs at most `budget` operators (no loop, no call of an
+    /// import or through a table, only calls of such functions) are counted instead: a global
+    /// exported as [`COUNTER_EXPORT_PREFIX`](crate::COUNTER_EXPORT_PREFIX) and the id counts
+    /// their calls, exactly, and their time stays in their caller's. The default, with a
+    /// budget of [`CallTiming::DEFAULT_BUDGET`]. Only a host that reads the counters (`iota
+    /// serve`) sees those calls.
+    ShortCallsCounted {
+        /// Most operators a counted call may run, callees included.
+        budget: u32,
+    },
+}
+
+impl CallTiming {
+    /// The default budget of a counted call, in operators: a few microseconds at most.
+    pub const DEFAULT_BUDGET: u32 = 1_000;
+}
+
+impl Default for CallTiming {
+    fn default() -> Self {
+        CallTiming::ShortCallsCounted {
+            budget: Self::DEFAULT_BUDGET,
+        }
+    }
 }
 
 /// Function names from a symbol map beside the module: lines `INDEX:NAME`, with INDEX the
@@ -97,6 +131,28 @@ impl Options {
     /// Options with the defaults.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Which calls are timed and which only counted (default: short calls counted).
+    pub fn call_timing(&mut self, timing: CallTiming) -> &mut Self {
+        self.call_timing = timing;
+        self
+    }
+
+    pub(crate) fn timing(&self) -> CallTiming {
+        self.call_timing
+    }
+
+    /// Counts the calls of the functions with these hook ids (ids of a previous output of the
+    /// same input and options) rather than timing them, whatever the cost model says: for a
+    /// host that has seen their calls stay short. Ignored with [`CallTiming::EveryCall`].
+    pub fn count_also(&mut self, ids: impl IntoIterator<Item = u32>) -> &mut Self {
+        self.count_also.extend(ids);
+        self
+    }
+
+    pub(crate) fn counted_also(&self) -> &[u32] {
+        &self.count_also
     }
 
     /// Names functions from `map` (it wins over the module's `name` section and DWARF).

@@ -34,6 +34,12 @@ pub(crate) struct Rewriter<'a, 'f> {
     bodies: std::vec::IntoIter<Vec<u8>>,
     /// Per defined function: labels the wrapper adds before the body's own.
     added_labels: Vec<u32>,
+    /// Per defined function: the global counting its calls, if it is counted, not traced.
+    counters: Vec<Option<u32>>,
+    /// Hook ids of the counted functions, in the order of their globals.
+    counted_ids: Vec<u32>,
+    globals_written: bool,
+    exports_written: bool,
 }
 
 impl<'a, 'f> Rewriter<'a, 'f> {
@@ -76,6 +82,10 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             names_written: false,
             bodies: Vec::new().into_iter(),
             added_labels: Vec::new(),
+            counters: Vec::new(),
+            counted_ids: Vec::new(),
+            globals_written: false,
+            exports_written: false,
         })
     }
 
@@ -166,6 +176,51 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         }
     }
 
+    /// Counts the calls of the defined functions `counted` flags instead of tracing them: each
+    /// gets a global, appended after the module's own and exported as
+    /// [`abi::COUNTER_EXPORT_PREFIX`] followed by its hook id.
+    pub(crate) fn count_calls(&mut self, counted: &[bool]) {
+        let mut next = self.facts.globals;
+        self.counters = counted
+            .iter()
+            .enumerate()
+            .map(|(slot, &counted)| {
+                counted.then(|| {
+                    self.counted_ids
+                        .push(self.output_function_index(self.facts.imported_funcs + slot as u32));
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+    }
+
+    fn write_counter_globals(&mut self, globals: &mut wasm_encoder::GlobalSection) {
+        for _ in &self.counted_ids {
+            globals.global(
+                wasm_encoder::GlobalType {
+                    val_type: wasm_encoder::ValType::I64,
+                    mutable: true,
+                    shared: false,
+                },
+                &wasm_encoder::ConstExpr::i64_const(0),
+            );
+        }
+        self.globals_written = true;
+    }
+
+    fn write_counter_exports(&mut self, exports: &mut wasm_encoder::ExportSection) {
+        let first = self.facts.globals;
+        for (k, id) in self.counted_ids.iter().enumerate() {
+            exports.export(
+                &format!("{}{id}", abi::COUNTER_EXPORT_PREFIX),
+                wasm_encoder::ExportKind::Global,
+                first + k as u32,
+            );
+        }
+        self.exports_written = true;
+    }
+
     /// What to do with defined function `slot`.
     pub(crate) fn plan_for(&self, slot: usize) -> BodyPlan {
         let index = self.facts.imported_funcs + slot as u32;
@@ -173,13 +228,15 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         let sig = self.facts.types[ty]
             .as_ref()
             .expect("validated: a defined function has a function type");
+        let counter = self.counters.get(slot).copied().flatten();
         BodyPlan {
             id: self.output_function_index(index),
             original_index: index,
             params: sig.params.len() as u32,
-            traced: self.selected[slot],
+            traced: self.selected[slot] && counter.is_none(),
             block_type: self.wrapper_block_types[ty],
             guess: self.wrapper_guess(),
+            counter,
         }
     }
 }
@@ -212,6 +269,26 @@ impl Reencode for Rewriter<'_, '_> {
         Ok(())
     }
 
+    fn parse_global_section(
+        &mut self,
+        globals: &mut wasm_encoder::GlobalSection,
+        section: wasmparser::GlobalSectionReader<'_>,
+    ) -> ReencodeResult<()> {
+        utils::parse_global_section(self, globals, section)?;
+        self.write_counter_globals(globals);
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut wasm_encoder::ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> ReencodeResult<()> {
+        utils::parse_export_section(self, exports, section)?;
+        self.write_counter_exports(exports);
+        Ok(())
+    }
+
     fn intersperse_section_hook(
         &mut self,
         module: &mut wasm_encoder::Module,
@@ -219,6 +296,17 @@ impl Reencode for Rewriter<'_, '_> {
         before: Option<SectionId>,
     ) -> ReencodeResult<()> {
         let next = before.map_or(u8::MAX, section_rank);
+        let counting = !self.counted_ids.is_empty();
+        if counting && !self.globals_written && next > section_rank(SectionId::Global) {
+            let mut globals = wasm_encoder::GlobalSection::new();
+            self.write_counter_globals(&mut globals);
+            module.section(&globals);
+        }
+        if counting && !self.exports_written && next > section_rank(SectionId::Export) {
+            let mut exports = wasm_encoder::ExportSection::new();
+            self.write_counter_exports(&mut exports);
+            module.section(&exports);
+        }
         if !self.types_written && next > section_rank(SectionId::Type) {
             let mut types = wasm_encoder::TypeSection::new();
             self.write_appended_types(&mut types)

@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 pub use auth::Tokens;
 pub use error::ApiError;
 
+use crate::learning::Learner;
 use crate::registry::Registry;
 use crate::runs::{RunSlots, TraceSinks};
 use crate::runtime::Runtime;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub tokens: Tokens,
     /// Which runs are sampled.
     pub sampler: Sampler,
+    /// Where runs send what they taught about their module's short calls.
+    pub learner: Learner,
 }
 
 /// Counters of uploads, for `/metrics`.
@@ -73,6 +76,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/modules/{name}",
             get(read::get_module).delete(upload::delete_module),
         )
+        .route("/modules/{name}/functions", get(read::get_function_map))
         .route("/traces", get(read::list_traces))
         .route("/traces/{id}", get(read::get_trace))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -38,9 +38,30 @@ pub(super) async fn get_module(
         .registry
         .get(&name)
         .ok_or_else(|| ApiError::no_module(&name))?;
-    Ok(Json(
-        serde_json::to_value(&module.info).map_err(ApiError::internal)?,
-    ))
+    let mut info = serde_json::to_value(&module.info).map_err(ApiError::internal)?;
+    info["learning"] = json!(module.learning_state());
+    Ok(Json(info))
+}
+
+pub(super) async fn get_function_map(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize_read(&state, &headers)?;
+    validate_name(&name).map_err(ApiError::bad_request)?;
+    if state.registry.get(&name).is_none() {
+        return Err(ApiError::no_module(&name));
+    }
+    let map = tokio::task::block_in_place(|| state.registry.function_map(&name))
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                format!("module `{name}` was stored without a function map; upload it again"),
+            )
+        })?;
+    Ok(Json(json!({ "name": name, "functions": map })))
 }
 
 pub(super) async fn list_traces(

@@ -65,6 +65,7 @@ pub(super) async fn run(
         max_body: state.max_run_body,
         trace: trace.clone(),
         volume,
+        learner: Some(state.learner.clone()),
     };
     let answer = runs::start(
         &state.executor,

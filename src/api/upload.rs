@@ -72,6 +72,12 @@ fn upload_options(query: &Query, state: &AppState) -> Result<UploadOptions, ApiE
         host_spans: query
             .flag("host_spans", &["true", "false"])?
             .is_none_or(|v| v == "true"),
+        time_every_call: query
+            .flag("timing", &["counted", "every_call"])?
+            .is_some_and(|v| v == "every_call"),
+        learn: query
+            .flag("learn", &["true", "false"])?
+            .is_none_or(|v| v == "true"),
         spans: SpanOverrides {
             max_spans: query
                 .number("max_spans", state.spans.max_spans as u64)?

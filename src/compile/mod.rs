@@ -131,7 +131,8 @@ impl Compiler {
     }
 
     /// Waits for a turn, then instruments (unless `instrument` is false: then only validates)
-    /// and compiles `wasm` in a worker, naming functions from `symbol_map` first.
+    /// and compiles `wasm` in a worker, naming functions from `symbol_map` first and counting
+    /// the functions `count_also` lists whatever the cost model says.
     ///
     /// # Errors
     ///
@@ -142,6 +143,8 @@ impl Compiler {
         wasm: &[u8],
         symbol_map: Option<&str>,
         instrument: bool,
+        time_every_call: bool,
+        count_also: &[u32],
     ) -> Result<Compiled, CompileError> {
         let _turn = self
             .compiling
@@ -159,6 +162,12 @@ impl Compiler {
                 .await
                 .map_err(worker_error)?;
         }
+        if !count_also.is_empty() {
+            let ids: Vec<String> = count_also.iter().map(u32::to_string).collect();
+            tokio::fs::write(dir.path.join(worker::COUNT_ALSO), ids.join("\n"))
+                .await
+                .map_err(worker_error)?;
+        }
         let mut command = tokio::process::Command::new(&self.program);
         command
             .arg("compile-worker")
@@ -168,6 +177,9 @@ impl Compiler {
             .arg(self.settings.memory_limit_mb.to_string());
         if !instrument {
             command.arg("--validate-only");
+        }
+        if time_every_call {
+            command.arg("--time-every-call");
         }
         command
             .env(

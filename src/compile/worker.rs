@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use iota_instrument::{FunctionEntry, IfInstrumented, Options, SymbolMap, UnwindExits};
+use iota_instrument::{CallTiming, FunctionEntry, IfInstrumented, Options, SymbolMap, UnwindExits};
 use serde::{Deserialize, Serialize};
 use wasmtime::{Engine, Module};
 
@@ -19,6 +19,8 @@ pub const ARTIFACT: &str = "module.cwasm";
 pub const INPUT: &str = "input.wasm";
 /// The upload's symbol map, if it came with one.
 pub const SYMBOL_MAP: &str = "symbols.map";
+/// Hook ids of functions to count though the cost model would time them, one a line.
+pub const COUNT_ALSO: &str = "count_also.txt";
 
 /// Scheduling priority of a worker: below the server's runs.
 const NICE: i32 = 10;
@@ -32,6 +34,9 @@ pub struct WorkerArgs {
     /// Only validate and name the functions; compile the input as it is.
     #[arg(long)]
     pub validate_only: bool,
+    /// Time every call, instead of counting the calls of provably short functions.
+    #[arg(long)]
+    pub time_every_call: bool,
     /// Address-space limit of this process, in MiB (0: none).
     #[arg(long, default_value_t = 0)]
     pub memory_limit_mb: u64,
@@ -114,6 +119,12 @@ fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
     options
         .if_instrumented(IfInstrumented::PassThrough)
         .unwind_exits(UnwindExits::IfModuleUsesExceptions);
+    if args.time_every_call {
+        options.call_timing(CallTiming::EveryCall);
+    }
+    if let Ok(text) = std::fs::read_to_string(args.dir.join(COUNT_ALSO)) {
+        options.count_also(text.lines().filter_map(|line| line.trim().parse().ok()));
+    }
     if let Ok(text) = std::fs::read_to_string(args.dir.join(SYMBOL_MAP)) {
         match SymbolMap::parse(&text) {
             Ok(map) => {

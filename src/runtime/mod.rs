@@ -19,8 +19,8 @@ use anyhow::Result;
 use bytes::Bytes;
 use iota_instrument as abi;
 use wasmtime::{
-    Caller, Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, Store, Trap, WasmBacktrace,
+    Caller, Config, Enabled, Engine, Extern, Instance, InstanceAllocationStrategy, InstancePre,
+    Linker, Module, ModuleExport, PoolingAllocationConfig, Store, Trap, WasmBacktrace,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::AsyncStdinStream;
@@ -108,6 +108,8 @@ pub struct Invocation<'a> {
     pub host_spans: bool,
     /// Log calls for spans (a sampled run); else keep the per-function totals only.
     pub record_calls: bool,
+    /// The module's call counters (functions counted, not timed), by hook id.
+    pub counters: &'a [(u32, ModuleExport)],
     /// Calls shorter than this count in the aggregates only.
     pub min_span_ns: u64,
 }
@@ -220,6 +222,22 @@ impl Runtime {
         self.limits.host_spans
     }
 
+    /// The counters of `module`'s counted functions: hook id and export, for
+    /// [`Invocation::counters`].
+    pub fn counters(module: &Module) -> Vec<(u32, ModuleExport)> {
+        module
+            .exports()
+            .filter_map(|export| {
+                let id = export
+                    .name()
+                    .strip_prefix(abi::COUNTER_EXPORT_PREFIX)?
+                    .parse()
+                    .ok()?;
+                Some((id, module.get_export_index(export.name())?))
+            })
+            .collect()
+    }
+
     /// Links `module` once for all its runs: with every WASI call timed as a host call when
     /// `host_spans`. With `trap_unknown_imports`, imports that neither WASI, the hooks nor the
     /// Observe API provide are defined as functions that trap when called.
@@ -293,14 +311,18 @@ impl Runtime {
 
         let started = SystemTime::now();
         store.data_mut().recorder.start();
+        let mut instance = None;
         let ending = {
-            let guest = call(&mut store, invocation.pre, invocation.call);
+            let guest = call(&mut store, invocation.pre, invocation.call, &mut instance);
             tokio::select! {
                 result = guest => result,
                 () = tokio::time::sleep(self.limits.timeout) => Ending::Timeout,
                 cancel = cancelled => Ending::Cancelled(cancel),
             }
         };
+        if let Some(instance) = instance {
+            read_counters(&mut store, instance, invocation.counters);
+        }
         // The run ends on the recorder's clock, so no event can fall after it.
         let mut recorder = store.into_data().recorder;
         let run_ns = recorder.now();
@@ -320,12 +342,37 @@ impl Runtime {
     }
 }
 
-/// Instantiates the module and calls what the run asked for.
-async fn call(store: &mut Store<RunState>, pre: &InstancePre<RunState>, call: &Call) -> Ending {
+/// Adds the calls the module counted (in its exported counter globals) to the recorder's
+/// totals.
+fn read_counters(
+    store: &mut Store<RunState>,
+    instance: Instance,
+    counters: &[(u32, ModuleExport)],
+) {
+    for (id, export) in counters {
+        let count = match instance.get_module_export(&mut *store, export) {
+            Some(Extern::Global(global)) => global.get(&mut *store).i64(),
+            _ => None,
+        };
+        if let Some(count) = count.filter(|c| *c > 0) {
+            store.data_mut().recorder.count_calls(*id, count as u64);
+        }
+    }
+}
+
+/// Instantiates the module and calls what the run asked for; the instance, once made, is left
+/// in `made` (for its counters, however the call ends).
+async fn call(
+    store: &mut Store<RunState>,
+    pre: &InstancePre<RunState>,
+    call: &Call,
+    made: &mut Option<Instance>,
+) -> Ending {
     let instance = match pre.instantiate_async(&mut *store).await {
         Ok(instance) => instance,
         Err(error) => return instantiation_ending(error),
     };
+    *made = Some(instance);
     let result = async {
         match call {
             Call::Start => {

@@ -196,6 +196,11 @@ impl FunctionMetrics {
                 CallKind::Manual(_) => totals.manual.entry(names.name(id)).or_default(),
                 _ => totals.functions.entry(id).or_default(),
             };
+            // A counted function's totals hold calls only (its time is in its callers').
+            if trace.is_counted(id) {
+                sum.calls += run.calls;
+                continue;
+            }
             sum.calls += run.calls;
             sum.total_ns += run.total_ns;
             sum.self_ns += run.self_ns;
@@ -225,9 +230,11 @@ impl FunctionMetrics {
             for (name, sum) in named {
                 let attributes = [module.clone(), KeyValue::new("code.function.name", name)];
                 self.calls.add(sum.calls, &attributes);
-                self.duration.add(seconds(sum.total_ns), &attributes);
-                self.self_time.add(seconds(sum.self_ns), &attributes);
-                self.max_duration.record(seconds(sum.max_ns), &attributes);
+                if sum.total_ns > 0 {
+                    self.duration.add(seconds(sum.total_ns), &attributes);
+                    self.self_time.add(seconds(sum.self_ns), &attributes);
+                    self.max_duration.record(seconds(sum.max_ns), &attributes);
+                }
             }
         }
         let mut metrics = ResourceMetrics::default();

@@ -127,6 +127,8 @@ pub struct TraceRecord {
     notes: Vec<Note>,
     /// Metric lines the guest sent through the Observe API.
     metric_lines: Vec<MetricLine>,
+    /// Functions whose calls the module counted rather than timed (sorted).
+    counted: Vec<u32>,
     /// Called functions' totals, by hook id.
     aggregates: Vec<(u32, Aggregate)>,
     volume: Volume,
@@ -161,6 +163,9 @@ pub struct FunctionStats {
     pub self_ns: u64,
     /// Longest call.
     pub max_ns: u64,
+    /// Its calls were timed; `false` for a function whose calls the module only counted (its
+    /// times are in its callers').
+    pub timed: bool,
 }
 
 /// How a run ended, as the trace tells it.
@@ -338,6 +343,11 @@ impl TraceRecord {
             marks,
             notes: notes.to_vec(),
             metric_lines: recorder.metric_lines().to_vec(),
+            counted: {
+                let mut counted = recorder.counted().to_vec();
+                counted.sort_unstable();
+                counted
+            },
             aggregates,
         }
     }
@@ -355,6 +365,11 @@ impl TraceRecord {
     /// Metric lines the guest sent, in order.
     pub fn metric_lines(&self) -> &[MetricLine] {
         &self.metric_lines
+    }
+
+    /// Whether function `id`'s calls were only counted (so its totals hold no time).
+    pub fn is_counted(&self, id: u32) -> bool {
+        self.counted.binary_search(&id).is_ok()
     }
 
     /// How the run ended.
@@ -389,9 +404,16 @@ impl TraceRecord {
                 total_ns: a.total_ns,
                 self_ns: a.self_ns,
                 max_ns: a.max_ns,
+                timed: !self.is_counted(id),
             })
             .collect();
-        stats.sort_by_key(|f| (std::cmp::Reverse(f.total_ns), f.id));
+        stats.sort_by_key(|f| {
+            (
+                std::cmp::Reverse(f.total_ns),
+                std::cmp::Reverse(f.calls),
+                f.id,
+            )
+        });
         stats
     }
 
@@ -436,9 +458,11 @@ impl TraceRecord {
         let v = &self.volume;
         let functions = self.functions();
         let total_calls: u64 = functions.iter().map(|f| f.calls).sum();
+        let counted_calls: u64 = functions.iter().filter(|f| !f.timed).map(|f| f.calls).sum();
         let mut run_attributes = vec![
             KeyValue::new("iota.module", self.module.clone()),
             KeyValue::new("iota.calls.total", total_calls as i64),
+            KeyValue::new("iota.calls.counted", counted_calls as i64),
             KeyValue::new("iota.calls.recorded", v.calls_logged as i64),
             KeyValue::new("iota.calls.short", v.short_calls as i64),
             KeyValue::new("iota.span.min_ns", v.min_span_ns as i64),

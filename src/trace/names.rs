@@ -68,6 +68,11 @@ impl CallNames {
         &self.module
     }
 
+    /// Ids below this are the module's functions.
+    pub fn functions(&self) -> u32 {
+        self.functions
+    }
+
     /// What `id` is.
     pub fn kind(&self, id: u32) -> CallKind {
         let host_end = self.functions + self.host.len() as u32;

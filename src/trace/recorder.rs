@@ -140,6 +140,8 @@ pub struct Recorder {
     metric_lines: Vec<MetricLine>,
     dropped_notes: u64,
     unbalanced_span_exits: u64,
+    /// Functions whose calls the module counted.
+    counted: Vec<u32>,
 }
 
 impl Recorder {
@@ -198,6 +200,7 @@ impl Recorder {
             metric_lines: Vec::new(),
             dropped_notes: 0,
             unbalanced_span_exits: 0,
+            counted: Vec::new(),
         }
     }
 
@@ -329,6 +332,24 @@ impl Recorder {
         } else {
             self.dropped_notes += 1;
         }
+    }
+
+    /// Adds `calls` counted calls of function `id` (counted in the module, not timed) to its
+    /// totals; their time is in their callers'.
+    pub fn count_calls(&mut self, id: u32, calls: u64) {
+        if let Some(aggregate) = self
+            .aggregates
+            .get_mut(id as usize)
+            .filter(|_| id < self.functions)
+        {
+            aggregate.calls += calls;
+            self.counted.push(id);
+        }
+    }
+
+    /// Functions whose calls were counted, not timed.
+    pub fn counted(&self) -> &[u32] {
+        &self.counted
     }
 
     /// A metric line (statsd), kept for export (dropped and counted past the allowance).

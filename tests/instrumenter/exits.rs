@@ -2,7 +2,7 @@
 //! module still call `exit` in every frame they unwind, and memory64 growth is reported
 //! saturated, before the grow, whether or not it succeeds.
 
-use iota_instrument::{Options, UnwindExits, instrument};
+use iota_instrument::{CallTiming, Options, UnwindExits, instrument};
 use wasmtime::{Engine, Instance, Linker, Module, Store, Val};
 
 use crate::hooks::{Event, Recorded, check_nesting, config, link_hooks};
@@ -65,7 +65,11 @@ impl Run {
 #[test]
 fn exceptions_from_imports_and_indirect_calls_exit_every_frame() {
     let engine = Engine::new(&config()).unwrap();
-    let out = instrument(&wat::parse_str(GUEST).unwrap(), &Options::new()).unwrap();
+    let out = instrument(
+        &wat::parse_str(GUEST).unwrap(),
+        Options::new().call_timing(CallTiming::EveryCall),
+    )
+    .unwrap();
     let mut run = instantiate(&engine, &out.wasm);
     for export in ["direct", "indirect", "through_tail_call"] {
         let (threw, events) = run.call(export);

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use iota_instrument::{FunctionEntry, Options, instrument};
+use iota_instrument::{CallTiming, FunctionEntry, Options, instrument};
 use wasmtime::{Engine, Linker, Module, Store, Trap, Val};
 
 use crate::hooks::{Event, Recorded, check_nesting, config, link_hooks};
@@ -17,23 +17,56 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Runs a fixture both ways and checks they agree; returns the instrumented run and map.
+/// Runs a fixture as built, instrumented with every call timed, and instrumented with short
+/// calls counted; checks they agree (stdout, exit, nested hooks) and that the counted build's
+/// calls, timed and counted, are exactly the every-call build's. Returns the every-call run
+/// and map.
 fn differential(name: &str, stdin: &str) -> (Outcome, Vec<FunctionEntry>) {
     let engine = Engine::new(&config()).unwrap();
     let original = fixture(name);
-    let out = instrument(&original, &Options::new()).expect("fixture instruments");
+    let every = instrument(&original, Options::new().call_timing(CallTiming::EveryCall))
+        .expect("fixture instruments");
+    let counted = instrument(&original, &Options::new()).expect("fixture instruments");
     let plain = run_command(&engine, &original, &["guest"], stdin.as_bytes());
-    let traced = run_command(&engine, &out.wasm, &["guest"], stdin.as_bytes());
     assert!(
         plain.events.is_empty(),
         "{name}: original must not call hooks"
     );
-    assert_eq!(plain.stdout, traced.stdout, "{name}: stdout differs");
-    assert_eq!(plain.exit, traced.exit, "{name}: exit differs");
-    let complete = traced.exit == Exit::Code(0);
-    let calls = check_nesting(&traced.events, complete).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert!(calls > 0, "{name}: no function was traced");
-    (traced, out.functions)
+    let mut runs = Vec::new();
+    for out in [&every, &counted] {
+        let traced = run_command(&engine, &out.wasm, &["guest"], stdin.as_bytes());
+        assert_eq!(plain.stdout, traced.stdout, "{name}: stdout differs");
+        assert_eq!(plain.exit, traced.exit, "{name}: exit differs");
+        let complete = traced.exit == Exit::Code(0);
+        check_nesting(&traced.events, complete).unwrap_or_else(|e| panic!("{name}: {e}"));
+        runs.push(traced);
+    }
+    let counted_run = runs.pop().unwrap();
+    let every_run = runs.pop().unwrap();
+    assert!(every_run.counters.is_empty());
+    assert!(calls_of_all(&every_run.events).values().sum::<usize>() > 0);
+    let mut counted_calls = calls_of_all(&counted_run.events);
+    for (id, calls) in &counted_run.counters {
+        *counted_calls.entry(*id).or_default() += *calls as usize;
+    }
+    counted_calls.retain(|_, calls| *calls > 0);
+    assert_eq!(
+        counted_calls,
+        calls_of_all(&every_run.events),
+        "{name}: counted and timed calls add up to every call"
+    );
+    (every_run, every.functions)
+}
+
+/// Enters per function id.
+fn calls_of_all(events: &[Event]) -> std::collections::BTreeMap<u32, usize> {
+    let mut calls = std::collections::BTreeMap::new();
+    for event in events {
+        if let Event::Enter(id) = event {
+            *calls.entry(*id).or_default() += 1;
+        }
+    }
+    calls
 }
 
 fn id_of(map: &[FunctionEntry], needle: &str) -> u32 {
@@ -226,7 +259,11 @@ fn exceptions_call_exit_on_the_way_out() {
 /// exception handling) where `node` is installed.
 #[test]
 fn legacy_exceptions_get_a_legacy_handler() {
-    let out = instrument(&fixture("legacy_exceptions.wasm"), &Options::new()).unwrap();
+    let out = instrument(
+        &fixture("legacy_exceptions.wasm"),
+        Options::new().call_timing(CallTiming::EveryCall),
+    )
+    .unwrap();
     wasmparser::Validator::new_with_features(iota_instrument::features())
         .validate_all(&out.wasm)
         .unwrap();

@@ -437,7 +437,7 @@ const REACTOR: &str = r#"(module
 #[test]
 fn reactors_run_the_chosen_export_after_initialize() {
     let server = Server::start(&data_dir("reactor"), &[], &[]);
-    let info = server.upload_ok("r", &wasm(REACTOR));
+    let info = server.upload_ok_with("r", &wasm(REACTOR), "&timing=every_call");
     assert_eq!(
         info["entry"],
         serde_json::json!({"kind": "reactor", "initialize": true, "functions": ["hello", "other"]})

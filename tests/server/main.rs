@@ -2,6 +2,7 @@
 
 mod auth;
 mod corpus;
+mod counting;
 mod errors;
 mod faults;
 // Shared with the instrumenter tests; the server tests use only part of them.

@@ -171,7 +171,7 @@ fn the_legacy_observe_names_work_and_bad_pointers_trap_clearly() {
 #[test]
 fn functions_are_named_and_placed_from_dwarf_or_a_symbol_map() {
     let server = Server::start(&data_dir("dwarf-names"), &[], &[]);
-    server.upload_ok("dwarf", &fixture("dwarf_names.wasm"));
+    server.upload_ok_with("dwarf", &fixture("dwarf_names.wasm"), "&timing=every_call");
     let response = server.run("name=dwarf", "");
     assert_eq!(response.status(), 200);
     let spans = Spans::of(&server.trace(&trace_id_of(&response)));
@@ -209,7 +209,10 @@ fn functions_are_named_and_placed_from_dwarf_or_a_symbol_map() {
             )
             .text("symbol_map", map);
         crate::harness::client()
-            .post(format!("{}/upload?name=mapped", server.url))
+            .post(format!(
+                "{}/upload?name=mapped&timing=every_call",
+                server.url
+            ))
             .multipart(form)
             .send()
             .unwrap()
