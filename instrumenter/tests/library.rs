@@ -1,7 +1,7 @@
 //! The library's contract: errors, options, names, sections, determinism.
 
 use iota_instrument::{
-    ErrorKind, IfInstrumented, Options, UnwindExits, instrument, is_instrumented,
+    CallTiming, ErrorKind, IfInstrumented, Options, UnwindExits, instrument, is_instrumented,
 };
 use wasmparser::{Parser, Payload, Validator};
 
@@ -232,14 +232,18 @@ fn output_is_deterministic() {
 #[test]
 fn exception_handlers_follow_the_module_style() {
     let standard = wat(r#"(module (tag $e) (func (throw $e)))"#);
-    let text = printed(&instrument(&standard, &Options::new()).unwrap().wasm);
+    let text = printed(
+        &instrument(&standard, Options::new().call_timing(CallTiming::EveryCall))
+            .unwrap()
+            .wasm,
+    );
     assert!(
         text.contains("catch_all_ref") && text.contains("throw_ref"),
         "{text}"
     );
 
     let legacy = wat(r#"(module (tag $e) (func try throw $e catch $e end))"#);
-    let out = instrument(&legacy, &Options::new()).unwrap();
+    let out = instrument(&legacy, Options::new().call_timing(CallTiming::EveryCall)).unwrap();
     validate(&out.wasm);
     let text = printed(&out.wasm);
     assert!(
@@ -253,7 +257,11 @@ fn exception_handlers_follow_the_module_style() {
     );
 
     let none = wat(r#"(module (func (result i32) i32.const 1))"#);
-    let text = printed(&instrument(&none, &Options::new()).unwrap().wasm);
+    let text = printed(
+        &instrument(&none, Options::new().call_timing(CallTiming::EveryCall))
+            .unwrap()
+            .wasm,
+    );
     assert!(!text.contains("try"), "{text}");
 }
 
@@ -342,7 +350,9 @@ fn an_exception_instruction_without_a_tag_counts_as_using_exceptions() {
       (func $leaf))"#;
     let out = instrument(
         &wat(module),
-        Options::new().unwind_exits(UnwindExits::IfModuleUsesExceptions),
+        Options::new()
+            .unwind_exits(UnwindExits::IfModuleUsesExceptions)
+            .call_timing(CallTiming::EveryCall),
     )
     .unwrap();
     validate(&out.wasm);
