@@ -12,7 +12,9 @@ pub mod config;
 pub mod registry;
 pub mod runs;
 pub mod runtime;
+pub mod stats;
 pub mod store;
 pub mod trace;
+pub mod web;
 
 pub use config::ServeConfig;

@@ -98,6 +98,7 @@ fn serve(config: ServeConfig) -> Result<()> {
         recent: RecentTraces::new(config.recent_traces),
         exporter,
         counters: RunCounters::default(),
+        stats: Default::default(),
     });
     let non_empty = |token: &Option<String>| token.clone().filter(|t| !t.is_empty());
     let state = Arc::new(AppState {
