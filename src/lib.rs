@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod budget;
+pub mod client;
 pub mod compile;
 pub mod config;
 pub mod registry;

@@ -34,6 +34,9 @@ enum Command {
     /// Instrument and compile one upload (started by `iota serve`).
     #[command(hide = true)]
     CompileWorker(WorkerArgs),
+    /// Client commands against a running server.
+    #[command(flatten)]
+    Client(iota::client::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => serve(*config),
         Command::CompileWorker(args) => iota::compile::worker::run(&args),
+        Command::Client(command) => return iota::client::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -244,7 +244,7 @@ function runsTable(traces) {
       el("td", {}, el("a", { href: "#/run/" + t.trace_id, class: "mono", text: t.trace_id })),
       el("td", { class: "num", text: fmtNs(t.duration_ns) }),
       el("td", { class: "num", text: fmtCount(t.spans) }),
-      el("td", { class: "outcome", text: t.error ? t.outcome + ": " + t.error : t.outcome }),
+      el("td", { class: "outcome", text: t.error || t.outcome }),
     ),
   );
   return table(
