@@ -1,6 +1,7 @@
 //! The server end to end: the real `iota serve` binary on loopback, driven over HTTP.
 
 mod auth;
+mod client;
 mod corpus;
 mod errors;
 mod faults;
@@ -13,6 +14,7 @@ mod isolation;
 mod limits;
 mod observe;
 mod otlp;
+mod profile;
 #[path = "../common/programs.rs"]
 mod programs;
 mod real;
