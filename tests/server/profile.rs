@@ -159,8 +159,11 @@ mod pprof {
     }
 }
 
+/// Samples: a stack of names (root first) and the values by sample type name.
+type Samples = Vec<(Vec<String>, HashMap<String, i64>)>;
+
 /// A pprof profile's samples as (stack of names, root first; values by sample type name).
-fn read_pprof(gzipped: &[u8]) -> (Vec<(Vec<String>, HashMap<String, i64>)>, pprof::Profile) {
+fn read_pprof(gzipped: &[u8]) -> (Samples, pprof::Profile) {
     assert_eq!(&gzipped[..2], &[0x1f, 0x8b], "gzip magic");
     let mut bytes = Vec::new();
     flate2::read::GzDecoder::new(gzipped)
@@ -343,7 +346,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
