@@ -608,6 +608,39 @@ mod tests {
         assert_eq!(wall, 100);
     }
 
+    /// Time to merge a full log (524,288 calls of a recursion 20 deep, as fib makes) by stack:
+    /// `cargo test --release --lib stacks_of_a_full_log -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement"]
+    fn stacks_of_a_full_log() {
+        let mut calls = Vec::new();
+        fn fib(calls: &mut Vec<Call>, parent: Option<u32>, n: u32, at: &mut u64, budget: usize) {
+            if calls.len() >= budget {
+                return;
+            }
+            let index = calls.len();
+            calls.push(call(1, parent, *at, 0));
+            *at += 1;
+            if n > 1 {
+                fib(calls, Some(index as u32), n - 1, at, budget);
+                fib(calls, Some(index as u32), n - 2, at, budget);
+            }
+            *at += 1;
+            calls[index].end = *at;
+        }
+        let mut at = 0;
+        fib(&mut calls, None, 40, &mut at, 1 << 19);
+        let started = std::time::Instant::now();
+        let stacks = Stacks::from_calls(&calls, at);
+        let elapsed = started.elapsed();
+        eprintln!(
+            "{} calls merged into {} stacks in {:.1} ms",
+            calls.len(),
+            stacks.len(),
+            elapsed.as_secs_f64() * 1e3
+        );
+    }
+
     #[test]
     fn stacks_past_the_limit_count_in_their_caller() {
         // A chain deeper than the frame budget allows.
