@@ -35,6 +35,9 @@ enum Command {
     /// Instrument and compile one upload (started by `iota serve`).
     #[command(hide = true)]
     CompileWorker(WorkerArgs),
+    /// Client commands against a running server.
+    #[command(flatten)]
+    Client(iota::client::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => serve(*config),
         Command::CompileWorker(args) => iota::compile::worker::run(&args),
+        Command::Client(command) => return iota::client::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +110,7 @@ fn serve(config: ServeConfig) -> Result<()> {
         recent: RecentTraces::new(config.recent_traces),
         exporter,
         counters: RunCounters::default(),
+        stats: Default::default(),
     });
     let non_empty = |token: &Option<String>| token.clone().filter(|t| !t.is_empty());
     let (learner, mut lessons) = tokio::sync::mpsc::unbounded_channel::<LearnRequest>();

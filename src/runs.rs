@@ -82,6 +82,8 @@ pub struct TraceSinks {
     pub exporter: Option<Exporter>,
     /// Run counters.
     pub counters: RunCounters,
+    /// Runs, failures and durations by module.
+    pub stats: crate::stats::RunStats,
 }
 
 /// Everything a run needs, owned.
@@ -228,6 +230,16 @@ async fn execute(
     counters
         .spans
         .fetch_add(trace.span_count() as u64, Ordering::Relaxed);
+    sinks.stats.record(
+        &trace.module,
+        trace
+            .start()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64,
+        trace.run_duration_ns(),
+        outcome.ending.error().is_some(),
+    );
     sinks.recent.push(trace.clone());
     if let Some(exporter) = &sinks.exporter {
         exporter.send(trace);

@@ -2,9 +2,11 @@
 
 mod auth;
 mod error;
+mod profile;
 mod query;
 mod read;
 mod run;
+mod stats;
 mod upload;
 
 use std::sync::Arc;
@@ -78,8 +80,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/modules/{name}/functions", get(read::get_function_map))
         .route("/traces", get(read::list_traces))
-        .route("/traces/{id}", get(read::get_trace))
+        .route("/modules/{name}/profile", get(profile::module_profile))
+        .route("/traces/{id}", get(profile::get_trace))
+        .route("/stats", get(stats::module_stats))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(read::metrics))
+        .merge(crate::web::routes())
         .with_state(state)
 }

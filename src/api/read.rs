@@ -14,8 +14,9 @@ use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
 use crate::registry::validate_name;
+use crate::trace::TraceRecord;
 
-fn authorize_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     authorize(headers, state.tokens.read.as_deref())
 }
 
@@ -82,6 +83,7 @@ pub(super) async fn list_traces(
                 "duration_ns": t.duration().as_nanos(),
                 "spans": t.span_count(),
                 "error": t.error(),
+                "outcome": t.ending().error_type().unwrap_or("ok"),
             })
         })
         .collect();
@@ -94,18 +96,7 @@ pub(super) async fn get_trace(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize_read(&state, &headers)?;
-    let trace_id = TraceId::from_hex(&id)
-        .ok()
-        .filter(|_| id.len() == 32)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("invalid trace id `{id}`: expected 32 hex digits"))
-        })?;
-    let trace = state.sinks.recent.get(trace_id).ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            format!("no recent trace `{id}`"),
-        )
-    })?;
+    let trace = recent_trace(&state, &id)?;
     let metrics: Vec<&str> = trace
         .metric_lines()
         .iter()
@@ -118,6 +109,26 @@ pub(super) async fn get_trace(
         "functions": trace.functions(),
         "metrics": metrics,
     })))
+}
+
+/// The recent trace `id`.
+///
+/// # Errors
+///
+/// `400` for an id that is not 32 hex digits, `404` for one no longer (or never) kept.
+pub(super) fn recent_trace(state: &AppState, id: &str) -> Result<Arc<TraceRecord>, ApiError> {
+    let trace_id = TraceId::from_hex(id)
+        .ok()
+        .filter(|_| id.len() == 32)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("invalid trace id `{id}`: expected 32 hex digits"))
+        })?;
+    state.sinks.recent.get(trace_id).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no recent trace `{id}`"),
+        )
+    })
 }
 
 /// One line of Prometheus text: a counter or a gauge.

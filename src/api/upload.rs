@@ -186,7 +186,10 @@ pub(super) async fn delete_module(
     validate_name(&name).map_err(ApiError::bad_request)?;
     let deleted = tokio::task::block_in_place(|| state.registry.delete(&name));
     match deleted {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(true) => {
+            state.sinks.stats.forget(&name);
+            Ok(StatusCode::NO_CONTENT)
+        }
         Ok(false) => Err(ApiError::no_module(&name)),
         Err(err) => Err(ApiError::internal(format!("{err:#}"))),
     }

@@ -4,6 +4,7 @@ pub mod export;
 pub mod metrics;
 pub mod names;
 pub mod observe;
+pub mod profile;
 pub mod recent;
 pub mod recorder;
 pub mod sampling;
@@ -131,6 +132,8 @@ pub struct TraceRecord {
     counted: Vec<u32>,
     /// Called functions' totals, by hook id.
     aggregates: Vec<(u32, Aggregate)>,
+    /// Every logged call merged by stack, for profiles.
+    stacks: profile::Stacks,
     volume: Volume,
 }
 
@@ -293,6 +296,7 @@ impl TraceRecord {
         let (all_calls, mut marks) = tree::build(recorder.events(), facts.run_ns);
         let keep = tree::select(&all_calls, facts.max_spans);
         let calls_logged = all_calls.len();
+        let stacks = profile::Stacks::from_calls(&all_calls, facts.run_ns);
         let notes = recorder.notes();
         // Tags describe their span and leave with it; log records move to a kept caller.
         let calls = tree::retain(all_calls, &keep, &mut marks, |note| {
@@ -349,7 +353,18 @@ impl TraceRecord {
                 counted
             },
             aggregates,
+            stacks,
         }
+    }
+
+    /// Every call of the log merged by stack (see [`profile`]).
+    pub fn stacks(&self) -> &profile::Stacks {
+        &self.stacks
+    }
+
+    /// Nanoseconds the run lasted, from its start to its end.
+    pub fn run_duration_ns(&self) -> u64 {
+        self.run_ns
     }
 
     /// Spans in this trace: the request span, the run span and one per kept call.

@@ -141,9 +141,16 @@ fn disconnected_clients_cancel_their_runs_and_free_their_slots() {
         cancelled_runs,
         "each cancelled run keeps its trace"
     );
-    let spans = Spans::of(&server.trace(cancelled[0]["trace_id"].as_str().unwrap()));
-    assert_eq!(spans.0[1]["error"], "cancelled: client disconnected");
-    assert_eq!(spans.named("nap").len(), 1);
+    // A run is active from its slot on: one cancelled before its guest reached `nap` has no
+    // `nap` span (seen with the suite's other servers loading the machine); one in it has it
+    // open, closed at the cancellation.
+    for trace in &cancelled {
+        let spans = Spans::of(&server.trace(trace["trace_id"].as_str().unwrap()));
+        assert_eq!(spans.0[1]["error"], "cancelled: client disconnected");
+        for nap in spans.named("nap") {
+            assert_eq!(nap["attributes"]["iota.call.unfinished"], true);
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The server end to end: the real `iota serve` binary on loopback, driven over HTTP.
 
 mod auth;
+mod browser;
+mod client;
 mod corpus;
 mod counting;
 mod errors;
@@ -14,6 +16,7 @@ mod isolation;
 mod limits;
 mod observe;
 mod otlp;
+mod profile;
 #[path = "../common/programs.rs"]
 mod programs;
 mod real;
