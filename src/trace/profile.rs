@@ -158,6 +158,9 @@ pub struct Profile {
     /// Calls counted in the per-function totals but not on any frame (shorter than the minimum
     /// span duration, or out of the log): their time is in their callers' self time.
     pub calls_outside_stacks: u64,
+    /// Calls of short functions the module counted rather than timed: on no frame, their time
+    /// is in their callers' self time.
+    pub calls_counted: u64,
     /// Start of the (first) run, nanoseconds since the Unix epoch.
     pub start_unix_nanos: u64,
     /// The frames; `frames[0]` is the root.
@@ -170,7 +173,14 @@ impl Profile {
         let names = trace.names();
         let stacks = trace.stacks();
         let run_ns = trace.run_duration_ns();
-        let total_calls: u64 = trace.function_totals().map(|(_, a)| a.calls).sum();
+        let (mut total_calls, mut calls_counted) = (0u64, 0u64);
+        for (id, totals) in trace.function_totals() {
+            if trace.is_counted(id) {
+                calls_counted += totals.calls;
+            } else {
+                total_calls += totals.calls;
+            }
+        }
         let start_unix_nanos = super::unix_nanos(trace.start()) as u64;
         if stacks.is_empty() && total_calls > 0 {
             // Unsampled: only the exact totals, one flat frame per function.
@@ -182,7 +192,7 @@ impl Profile {
                 self_ns: 0,
             }];
             let mut inside = 0u64;
-            for f in trace.functions() {
+            for f in trace.functions().into_iter().filter(|f| f.timed) {
                 inside += f.self_ns;
                 frames.push(Frame {
                     name: f.name,
@@ -199,6 +209,7 @@ impl Profile {
                 runs: 1,
                 stacks: false,
                 calls_outside_stacks: 0,
+                calls_counted,
                 start_unix_nanos,
                 frames,
             };
@@ -225,6 +236,7 @@ impl Profile {
             runs: 1,
             stacks: true,
             calls_outside_stacks: total_calls.saturating_sub(on_frames),
+            calls_counted,
             start_unix_nanos,
             frames,
         }
@@ -246,6 +258,7 @@ impl Profile {
             runs: 0,
             stacks: true,
             calls_outside_stacks: 0,
+            calls_counted: 0,
             start_unix_nanos: profiles
                 .iter()
                 .map(|p| p.start_unix_nanos)
@@ -257,6 +270,7 @@ impl Profile {
             merged.runs += profile.runs;
             merged.stacks &= profile.stacks;
             merged.calls_outside_stacks += profile.calls_outside_stacks;
+            merged.calls_counted += profile.calls_counted;
             let mut new_index = Vec::with_capacity(profile.frames.len());
             for frame in &profile.frames {
                 let target = match frame.parent {
@@ -529,6 +543,7 @@ mod tests {
             runs: 1,
             stacks: true,
             calls_outside_stacks: 0,
+            calls_counted: 0,
             start_unix_nanos: 0,
             frames: stacks
                 .nodes

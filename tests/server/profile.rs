@@ -10,11 +10,13 @@ use serde::Deserialize;
 use crate::harness::{Server, data_dir, error_of, fixture, trace_id_of};
 
 /// The exact per-function totals of a trace: name → (calls, total, self).
+/// Only timed functions: a counted function's calls are on no frame and its time is its callers'.
 fn exact(trace: &serde_json::Value) -> BTreeMap<String, (u64, u64, u64)> {
     trace["functions"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|f| f["timed"] == true)
         .map(|f| {
             (
                 f["name"].as_str().unwrap().to_string(),
@@ -26,6 +28,17 @@ fn exact(trace: &serde_json::Value) -> BTreeMap<String, (u64, u64, u64)> {
             )
         })
         .collect()
+}
+
+/// Calls of the functions the module counted rather than timed.
+fn counted_calls(trace: &serde_json::Value) -> u64 {
+    trace["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["timed"] == false)
+        .map(|f| f["calls"].as_u64().unwrap())
+        .sum()
 }
 
 /// The run span's duration: the root of every profile.
@@ -378,6 +391,8 @@ fn profiles_count_calls_past_the_span_cap() {
         .sum();
     assert_eq!(on_frames, fib_calls);
     assert_eq!(stacks["calls_outside_stacks"], 0);
+    assert_eq!(stacks["calls_counted"], counted_calls(&trace));
+    assert!(counted_calls(&trace) > 0);
     assert_eq!(stacks["stacks"], true);
 }
 

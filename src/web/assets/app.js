@@ -346,6 +346,11 @@ function profileNote(profile) {
       fmtCount(profile.calls_outside_stacks) +
         " calls are not on a frame (shorter than the minimum span, or beyond the log): their time is in their callers' self time. The function table counts every call.",
     );
+  if (profile.calls_counted > 0)
+    notes.push(
+      fmtCount(profile.calls_counted) +
+        " calls of short functions were counted, not timed: they are on no frame and their time is in their callers' self time.",
+    );
   return notes.length ? el("p", { class: "muted note", text: notes.join(" ") }) : null;
 }
 
