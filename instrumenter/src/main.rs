@@ -13,8 +13,9 @@ use iota_instrument::{CallTiming, IfInstrumented, Instrumented, Options, SymbolM
 /// Instrument WebAssembly modules for function-level tracing.
 ///
 /// Every defined function calls `dylibso:observe/instrument` `enter(id)` first and `exit(id)` on
-/// every way out; `memory-grow(pages)` precedes each `memory.grow`. The id is the function's index
-/// in the output module; `--map` writes the id → name table.
+/// every way out, except provably short ones, which count their calls in an exported global
+/// `iota.count.<id>` (`--time-every-call` times them too); `memory-grow(pages)` precedes each
+/// `memory.grow`. `--map` writes the id → name table and how each function is traced.
 #[derive(Parser, Debug)]
 #[command(version, max_term_width = 100)]
 struct Cli {
