@@ -60,9 +60,9 @@ run = t["spans"][1]["attributes"]
 print(t["spans"][1]["duration_ns"] / 1e9, run.get("iota.calls.total", 0), run.get("iota.calls.counted", 0))'
 }
 
-# Warm-up: two rounds of every program (the traced versions learn from them), then wait for
-# the re-instrumented versions.
-for _ in 1 2; do
+# Warm-up: three rounds of every program (the traced versions learn from them: the server
+# watches a version's first three runs by default), then wait for the re-instrumented versions.
+for _ in 1 2 3; do
   for p in "${programs[@]}"; do
     read -r _ module query stdin <<<"$p"
     run "$module" "$query" "$stdin" >/dev/null
@@ -70,10 +70,11 @@ for _ in 1 2; do
   done
 done
 for module in py yosys boolector count_vowels; do
-  # Until learning is over: the re-instrumented version serves, or there was nothing to learn.
+  # Until the re-instrumented version serves (a version still watching made too few calls to
+  # learn from, and keeps its timing).
   for _ in $(seq 1200); do
     state=$(curl -sf "$url/modules/$module" | python3 -c 'import json,sys; print(json.load(sys.stdin)["learning"])')
-    case $state in learned | "nothing to learn" | off) break ;; esac
+    [ "$state" = re-instrumenting ] || break
     sleep 0.5
   done
   curl -sf "$url/modules/$module" | python3 -c '
