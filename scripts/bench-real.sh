@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Overhead of tracing on real programs, side by side on one server (BENCHMARKS.md reports it):
 # CPython 3.12 on four scripts (recursion, JSON, strings, classes), yosys synthesizing a small
-# design, boolector factoring a 34-bit number, and count_vowels. Each program is uploaded
-# twice, traced (the defaults: short calls counted, the rest timed, short calls learned from the
-# first runs) and untraced (instrument=false); after warm-up runs (and the re-instrumentation
-# they teach) each runs ROUNDS times in alternation, and the medians of the runs' own durations
-# (their run spans) are compared.
+# design, boolector factoring a 34-bit number, and count_vowels. Each program is uploaded four
+# times: untraced (instrument=false), every call timed, short calls counted by the static cost
+# model, and the defaults (counted, then learned from the first runs). After warm-up runs (and
+# the re-instrumentation they teach) the four run ROUNDS times in alternation, and the medians
+# of the runs' own durations (their run spans) are compared.
 # Usage: scripts/bench-real.sh [ROUNDS] (default 5). Fetches yosys and CPython from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,10 +27,14 @@ for _ in $(seq 600); do grep -q listening "$work/out" 2>/dev/null && break; slee
 url=$(grep -o 'http://[0-9.:]*' "$work/out")
 echo "machine: $(nproc) cores; $(date -u +%F); release build; $rounds rounds"
 
-# upload NAME FILE QUERY: traced as NAME, untraced as NAME-plain.
+# upload NAME FILE QUERY: four versions side by side: NAME-plain (instrument=false: no hooks),
+# NAME-every (every call timed, as before short calls were counted), NAME-static (the cost
+# model's counting alone, learn=false) and NAME (the defaults: counting, then learning).
 upload() {
-  curl -sf -F "wasm=@$2" "$url/upload?name=$1$3" >/dev/null
   curl -sf -F "wasm=@$2" "$url/upload?name=$1-plain&instrument=false$3" >/dev/null
+  curl -sf -F "wasm=@$2" "$url/upload?name=$1-every&timing=every_call&learn=false$3" >/dev/null
+  curl -sf -F "wasm=@$2" "$url/upload?name=$1-static&learn=false$3" >/dev/null
+  curl -sf -F "wasm=@$2" "$url/upload?name=$1$3" >/dev/null
 }
 upload py "$wasm/python-3.12.0.wasm" "&unknown_imports=trap"
 upload yosys "$wasm/yosys.wasm" "&unknown_imports=trap"
@@ -65,8 +69,9 @@ print(t["spans"][1]["duration_ns"] / 1e9, run.get("iota.calls.total", 0), run.ge
 for _ in 1 2 3; do
   for p in "${programs[@]}"; do
     read -r _ module query stdin <<<"$p"
-    run "$module" "$query" "$stdin" >/dev/null
-    run "$module-plain" "$query" "$stdin" >/dev/null
+    for variant in "$module" "$module-plain" "$module-every" "$module-static"; do
+      run "$variant" "$query" "$stdin" >/dev/null
+    done
   done
 done
 for module in py yosys boolector count_vowels; do
@@ -83,23 +88,31 @@ m = json.load(sys.stdin)
 print("%s: %s, %d functions, %d counted (%d learned from its first runs)" % (m["name"], m["learning"], m["functions"], m["counted_functions"], m["learned_functions"]))'
 done
 
-printf '\n| program | untraced (median) | traced (median) | ratio | calls per run | counted |\n|---|---|---|---|---|---|\n'
+printf '\n| program | untraced | every call timed | static counting | + learned (default) | calls per run | counted (default) |\n|---|---|---|---|---|---|---|\n'
 for p in "${programs[@]}"; do
   read -r label module query stdin <<<"$p"
-  plain=() traced=() calls=0 counted=0
+  times=()
   for _ in $(seq "$rounds"); do
-    read -r seconds _ _ < <(run "$module-plain" "$query" "$stdin")
-    plain+=("$seconds")
-    read -r seconds calls counted < <(run "$module" "$query" "$stdin")
-    traced+=("$seconds")
+    for variant in plain every static default; do
+      name=$module-$variant
+      [ $variant = default ] && name=$module
+      read -r seconds calls counted < <(run "$name" "$query" "$stdin")
+      times+=("$variant=$seconds")
+    done
   done
-  python3 - "$label" "$calls" "$counted" "${plain[*]}" "${traced[*]}" <<'PY'
+  python3 - "$label" "$calls" "$counted" "${times[@]}" <<'PY'
 import statistics, sys
 label, calls, counted = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-plain = [float(x) for x in sys.argv[4].split()]
-traced = [float(x) for x in sys.argv[5].split()]
-p, t = statistics.median(plain), statistics.median(traced)
+runs = {}
+for item in sys.argv[4:]:
+    variant, seconds = item.split("=")
+    runs.setdefault(variant, []).append(float(seconds))
+median = {v: statistics.median(t) for v, t in runs.items()}
+plain = median["plain"]
+cells = [f"{plain * 1e3:.1f} ms"] + [
+    f"{median[v] * 1e3:.1f} ms ({median[v] / plain:.2f}×)" for v in ("every", "static", "default")
+]
 share = f"{100 * counted / calls:.0f} %" if calls else "-"
-print(f"| {label} | {p * 1e3:.1f} ms | {t * 1e3:.1f} ms | {t / p:.2f}× | {calls:,} | {share} |")
+print(f"| {label} | {' | '.join(cells)} | {calls:,} | {share} |")
 PY
 done
