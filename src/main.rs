@@ -9,9 +9,12 @@ use clap::{Parser, Subcommand};
 use iota::api::{AppState, Tokens, UploadCounters, app};
 use iota::compile::worker::WorkerArgs;
 use iota::compile::{CompileSettings, Compiler};
-use iota::registry::Registry;
+use iota::registry::{Registry, RegistrySettings};
 use iota::runs::{RunCounters, RunSlots, TraceSinks};
 use iota::runtime::{RunLimits, Runtime};
+use iota::store::Store;
+use iota::store::local::LocalStore;
+use iota::store::s3::S3Store;
 use iota::trace::SpanVolume;
 use iota::trace::export::Exporter;
 use iota::trace::recent::RecentTraces;
@@ -67,10 +70,37 @@ fn serve(config: ServeConfig) -> Result<()> {
         timeout: Duration::from_millis(config.compile_timeout_ms),
         memory_limit_mb: config.compile_memory_limit_mb,
     };
-    let registry = Registry::open(&config.data_dir, runtime.clone(), |scratch| {
-        Compiler::new(program, scratch.to_path_buf(), compile)
-    })
-    .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    let instance = config.instance_id();
+    let request_timeout = Duration::from_millis(config.store_timeout_ms);
+    let store: Arc<dyn Store> = match &config.store {
+        None => Arc::new(
+            LocalStore::open(&config.data_dir)
+                .with_context(|| format!("opening data directory {}", config.data_dir.display()))?,
+        ),
+        Some(url) => Arc::new(S3Store::new(url, request_timeout)?),
+    };
+    let location = store.location();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let settings = RegistrySettings {
+        data_dir: config.data_dir.clone(),
+        instance: instance.clone(),
+        poll: Duration::from_millis(config.store_poll_ms),
+        grace: Duration::from_millis(config.store_grace_ms),
+        request_timeout,
+        cache_max_bytes: config.cache_max_mb.saturating_mul(1 << 20),
+    };
+    let registry = tokio
+        .block_on(Registry::open(
+            store,
+            settings,
+            runtime.clone(),
+            |scratch| Compiler::new(program, scratch.to_path_buf(), compile),
+        ))
+        .with_context(|| format!("opening the module store ({location})"))?;
+    let registry = Arc::new(registry);
+    tracing::info!(store = location, instance, "module store open");
     let exporter = match &config.otlp_endpoint {
         Some(endpoint) => {
             let protocol = match config.otlp_protocol {
@@ -78,7 +108,7 @@ fn serve(config: ServeConfig) -> Result<()> {
                 OtlpProtocol::HttpProtobuf => "http/protobuf",
             };
             tracing::info!(endpoint, protocol, "exporting spans over OTLP");
-            Some(Exporter::start(endpoint, config.otlp_protocol)?)
+            Some(Exporter::start(endpoint, config.otlp_protocol, &instance)?)
         }
         None => {
             tracing::info!("no OTLP endpoint: traces are kept in memory (GET /traces)");
@@ -122,9 +152,7 @@ fn serve(config: ServeConfig) -> Result<()> {
         },
     });
 
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let maintenance = tokio.spawn(state.registry.clone().maintain());
     tokio.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
@@ -144,6 +172,7 @@ fn serve(config: ServeConfig) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     // Requests are done, and with them their runs: flush what is queued for the collector.
+    maintenance.abort();
     drop(state);
     executor.shutdown_timeout(Duration::from_secs(1));
     if let Some(mut sinks) = Arc::into_inner(sinks)

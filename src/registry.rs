@@ -1,17 +1,26 @@
-//! The module registry: names mapped to loaded module versions, backed by the data directory.
+//! The module registry: names mapped to loaded module versions, kept in step with the module
+//! store ([`crate::store`]), whichever it is.
 //!
 //! An upload is instrumented and compiled by a worker process ([`crate::compile`]), checked
-//! (linkable, runnable), its files moved into the content-addressed store, and only then made
-//! the name's version. Runs hold the version they started with. Content no version refers to,
-//! and no run holds, is collected at startup and after every replacement or deletion.
+//! (linkable, runnable), its content written to the store, and only then made the name's
+//! version, by a compare-and-swap of the name's pointer. Runs never touch the store: they take
+//! the loaded version from memory and hold it until they end. A maintenance task reads the
+//! store's pointers every `--store-poll-ms` and loads what other servers changed (their
+//! precompiled code when the store has it for this engine; otherwise it compiles and stores
+//! it), publishes this server's lease, checks its recent uploads, collects unreferenced
+//! content and trims the local cache. When the store fails, runs go on with what is loaded and
+//! uploads and deletes are refused until it answers again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use iota_instrument::FunctionEntry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -20,7 +29,10 @@ use wasmtime::{InstancePre, Module};
 use crate::compile::{Admission, CompileError, Compiled, Compiler, Stage};
 use crate::runtime::entry::EntryPoints;
 use crate::runtime::{RunState, Runtime};
-use crate::store::{Collected, DiskStore, write_atomic};
+use crate::store::cache::Cache;
+use crate::store::collect::{self, Collected, LEASE_REFRESH, Lease, Policy, VersionRefs};
+use crate::store::local::write_atomic;
+use crate::store::{ContentKey, Expect, Pointers, Store, StoreError, Swap, Tag, dir_bytes};
 use crate::trace::SpanOverrides;
 
 /// What the registry knows about a stored module.
@@ -113,6 +125,9 @@ pub enum UploadError {
     /// Too many uploads in progress.
     #[error(transparent)]
     Busy(CompileError),
+    /// The module store failed or is unreachable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// Storage or the worker failed.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -145,22 +160,99 @@ pub struct UploadTimings {
     pub instrument_ms: f64,
     /// Compiling.
     pub compile_ms: f64,
-    /// Linking, checking and writing to disk.
+    /// Linking, checking, writing to the store and switching the version.
     pub store_ms: f64,
 }
 
-/// Stored modules, on disk and loaded.
+/// How the registry keeps in step with its store.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// The server's data directory: compile workers' scratch space and the local cache.
+    pub data_dir: PathBuf,
+    /// This server's `service.instance.id`, which names its lease in the store.
+    pub instance: String,
+    /// How often the store is read for changes.
+    pub poll: Duration,
+    /// Unreferenced content of a shared store is kept this long.
+    pub grace: Duration,
+    /// The longest one store request may take.
+    pub request_timeout: Duration,
+    /// Bytes of local copies of the store's content.
+    pub cache_max_bytes: u64,
+}
+
+/// Uploads switched at most this many times in a row by other servers give up.
+const SWAP_ATTEMPTS: usize = 16;
+/// Versions loaded from the store at once.
+const LOADS_AT_ONCE: usize = 8;
+/// A version that failed to load is tried again after this, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A name's loaded version and the tag of the pointer value it came from.
+struct Current {
+    module: Arc<LoadedModule>,
+    /// `None` when the store did not say (the next poll loads it again).
+    tag: Option<Tag>,
+}
+
+/// A name as this server last saw it: absent (`None`), or at a pointer tag.
+type Seen = Option<Option<Tag>>;
+
+/// An upload whose content is checked once no collection pass that began before its swap can
+/// still be deleting.
+struct Unverified {
+    due: Instant,
+    keys: Vec<ContentKey>,
+}
+
+/// A version that failed to load, and when to try it again.
+struct Failure {
+    tag: Tag,
+    retry_at: Instant,
+    wait: Duration,
+}
+
+/// Counters of store activity, for `/metrics`.
+#[derive(Debug, Default)]
+struct StoreCounters {
+    versions_loaded: AtomicU64,
+    artifacts_fetched: AtomicU64,
+    artifacts_compiled: AtomicU64,
+    errors: AtomicU64,
+    collected: AtomicU64,
+}
+
+/// Whether the store answered the last request, and what it said if not.
+struct Health {
+    available: AtomicBool,
+    last_error: Mutex<String>,
+}
+
+/// Stored modules: the store, and the versions loaded from it.
 pub struct Registry {
-    store: DiskStore,
+    store: Arc<dyn Store>,
+    cache: Cache,
+    policy: Policy,
+    settings: RegistrySettings,
+    engine_key: String,
     runtime: Arc<Runtime>,
     compiler: Compiler,
-    modules: RwLock<BTreeMap<String, Arc<LoadedModule>>>,
-    /// Serializes version switches and collections.
-    writes: Mutex<()>,
-    /// Versions loaded at some point; those still alive (held by a run) are not collected.
+    modules: RwLock<BTreeMap<String, Current>>,
+    /// Serializes this server's version switches: a pointer swap and its local install.
+    switch: tokio::sync::Mutex<()>,
+    /// Versions loaded at some point; those still alive (held by a run) are kept.
     loaded: Mutex<Vec<Weak<LoadedModule>>>,
-    /// Content being installed by uploads, not yet referred to by a version.
+    /// Content being stored by uploads, not yet referred to by a version.
     installing: Mutex<HashMap<String, usize>>,
+    unverified: Mutex<Vec<Unverified>>,
+    failures: Mutex<HashMap<String, Failure>>,
+    /// The holdings last published in the lease, and when.
+    lease: tokio::sync::Mutex<Option<(HashSet<String>, Instant)>>,
+    last_collection: Mutex<Instant>,
+    cache_changed: AtomicBool,
+    health: Health,
+    counters: StoreCounters,
 }
 
 /// Checks a module name: `[A-Za-z0-9_.-]{1,64}`, not `.` or `..`.
@@ -184,16 +276,23 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl Registry {
-    /// Opens (creating if needed) the data directory, loads every stored module, and removes
-    /// what interrupted writes and unreferenced content left. A module that no longer loads is
-    /// logged and skipped, never fatal.
+    /// Opens the registry on `store`: cleans the scratch space, loads every stored module
+    /// (a module that does not load is logged and retried later, never fatal), publishes the
+    /// lease and collects unreferenced content. A store that cannot be reached is no error: the
+    /// server starts with no modules and loads them once the store answers.
     ///
     /// # Errors
     ///
-    /// If the directories cannot be created or listed.
-    pub fn open(
-        dir: &Path,
+    /// If the data directory cannot be prepared, or the store refuses this server
+    /// (credentials, permissions, no such bucket).
+    pub async fn open(
+        store: Arc<dyn Store>,
+        settings: RegistrySettings,
         runtime: Arc<Runtime>,
         compiler: impl FnOnce(&Path) -> Compiler,
     ) -> Result<Self> {
@@ -202,31 +301,49 @@ impl Registry {
             .engine()
             .precompile_compatibility_hash()
             .hash(&mut hasher);
-        let store = DiskStore::open(dir, format!("{:016x}", hasher.finish()))?;
+        let scratch = settings.data_dir.join("scratch");
+        // Compile workers' leftovers: nothing runs yet.
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("creating {}", scratch.display()))?;
         let registry = Registry {
-            compiler: compiler(&store.scratch()),
+            compiler: compiler(&scratch),
+            cache: Cache::open(&settings.data_dir.join("cache"), settings.cache_max_bytes),
+            policy: Policy::for_store(store.as_ref(), settings.grace, settings.request_timeout),
             store,
+            settings,
+            engine_key: format!("{:016x}", hasher.finish()),
             runtime,
             modules: RwLock::new(BTreeMap::new()),
-            writes: Mutex::new(()),
+            switch: tokio::sync::Mutex::new(()),
             loaded: Mutex::new(Vec::new()),
             installing: Mutex::new(HashMap::new()),
+            unverified: Mutex::new(Vec::new()),
+            failures: Mutex::new(HashMap::new()),
+            lease: tokio::sync::Mutex::new(None),
+            last_collection: Mutex::new(Instant::now()),
+            cache_changed: AtomicBool::new(true),
+            health: Health {
+                available: AtomicBool::new(true),
+                last_error: Mutex::new(String::new()),
+            },
+            counters: StoreCounters::default(),
         };
-        let mut modules = BTreeMap::new();
-        for path in registry.store.versions()? {
-            match registry.load(&path) {
-                Ok(module) => {
-                    let module = Arc::new(module);
-                    lock(&registry.loaded).push(Arc::downgrade(&module));
-                    modules.insert(module.info.name.clone(), module);
-                }
-                Err(err) => {
-                    tracing::error!(path = %path.display(), "skipping stored module: {err:#}")
-                }
+        match registry.sync().await {
+            Ok(()) => {}
+            Err(StoreError::Refused(message)) => {
+                anyhow::bail!(
+                    "module store {} refused this server: {message}",
+                    registry.store.location()
+                )
             }
+            Err(err) => tracing::warn!(
+                store = registry.store.location(),
+                "starting without the store's modules, loading them once it answers: {err}"
+            ),
         }
-        *registry.modules.write().unwrap_or_else(|e| e.into_inner()) = modules;
-        registry.collect_garbage(true);
+        registry.refresh_lease().await;
+        registry.collect_garbage().await;
         Ok(registry)
     }
 
@@ -235,13 +352,290 @@ impl Registry {
         &self.compiler
     }
 
-    fn load(&self, meta: &Path) -> Result<LoadedModule> {
-        let mut info: ModuleInfo = serde_json::from_slice(&std::fs::read(meta)?)?;
-        validate_name(&info.name).map_err(anyhow::Error::msg)?;
-        let names: Vec<Option<String>> = serde_json::from_slice(&std::fs::read(
-            self.store.blob(&info.runnable_sha256, "names.json"),
-        )?)?;
-        let module = self.compiled(&info.runnable_sha256)?;
+    /// This server's instance id.
+    pub fn instance(&self) -> &str {
+        &self.settings.instance
+    }
+
+    /// Where modules are stored.
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+
+    /// Records the outcome of a store request: counts failures and logs the store going away
+    /// and coming back (once each, not at every request).
+    fn health<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        result
+            .map_err(|err| self.failed(err))
+            .inspect(|_| self.answered())
+    }
+
+    /// Records that the store answered.
+    fn answered(&self) {
+        if !self.health.available.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                store = self.store.location(),
+                "module store available again"
+            );
+        }
+    }
+
+    /// Records a failed store request; returns its error.
+    fn failed(&self, err: StoreError) -> StoreError {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        if matches!(err, StoreError::Unavailable(_) | StoreError::Refused(_)) {
+            *lock(&self.health.last_error) = err.to_string();
+            if self.health.available.swap(false, Ordering::Relaxed) {
+                tracing::warn!(
+                    store = self.store.location(),
+                    "module store failing; runs go on with the modules loaded, uploads \
+                     and deletes are refused: {err}"
+                );
+            }
+        }
+        err
+    }
+
+    /// Refuses at once while the store is known to be failing (the maintenance task finds out
+    /// when it is back).
+    fn ensure_available(&self) -> Result<(), StoreError> {
+        if self.health.available.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let last = lock(&self.health.last_error).clone();
+        Err(StoreError::Unavailable(
+            last.strip_prefix("module store unavailable: ")
+                .unwrap_or(&last)
+                .to_string(),
+        ))
+    }
+
+    /// The module stored under `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedModule>> {
+        self.modules
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|c| c.module.clone())
+    }
+
+    /// Every stored module's info, by name.
+    pub fn list(&self) -> Vec<ModuleInfo> {
+        self.modules
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|c| c.module.info.clone())
+            .collect()
+    }
+
+    /// Bytes in the data directory (the cache and compile scratch space; with a directory
+    /// store, the modules too).
+    pub fn disk_bytes(&self) -> u64 {
+        dir_bytes(&self.settings.data_dir)
+    }
+
+    /// The registry's figures for `/metrics`: name, kind, help, value.
+    pub fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        let c = &self.counters;
+        let count = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        vec![
+            (
+                "iota_store_versions_loaded_total",
+                "counter",
+                "Module versions loaded from the store: at startup and when another server changed a module.",
+                count(&c.versions_loaded),
+            ),
+            (
+                "iota_store_artifacts_fetched_total",
+                "counter",
+                "Precompiled artifacts read from the store rather than compiled here.",
+                count(&c.artifacts_fetched),
+            ),
+            (
+                "iota_store_artifacts_compiled_total",
+                "counter",
+                "Stored modules compiled here because the store had no artifact for this engine (then stored for the others).",
+                count(&c.artifacts_compiled),
+            ),
+            (
+                "iota_store_errors_total",
+                "counter",
+                "Store requests that failed.",
+                count(&c.errors),
+            ),
+            (
+                "iota_store_collected_objects_total",
+                "counter",
+                "Unreferenced objects this server removed from the store.",
+                count(&c.collected),
+            ),
+            (
+                "iota_store_available",
+                "gauge",
+                "1 if the module store answered the last request, else 0.",
+                u64::from(self.health.available.load(Ordering::Relaxed)),
+            ),
+            (
+                "iota_modules_loaded",
+                "gauge",
+                "Modules this server serves.",
+                self.modules.read().unwrap_or_else(|e| e.into_inner()).len() as u64,
+            ),
+        ]
+    }
+
+    /// Loads what changed in the store since the last look: new and replaced versions, and
+    /// names deleted. Versions that fail to load are logged and tried again later.
+    ///
+    /// # Errors
+    ///
+    /// If the store cannot be listed.
+    async fn sync(&self) -> Result<(), StoreError> {
+        let listed = self.health(self.store.pointers(Pointers::Modules).await)?;
+        let seen: HashMap<String, Option<Tag>> = self
+            .modules
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, current)| (name.clone(), current.tag.clone()))
+            .collect();
+        let mut changed = Vec::new();
+        let mut listed_names = HashSet::new();
+        for pointer in listed {
+            if validate_name(&pointer.name).is_err() {
+                continue;
+            }
+            listed_names.insert(pointer.name.clone());
+            let was = seen.get(&pointer.name).cloned();
+            if was.as_ref() == Some(&Some(pointer.tag.clone()))
+                || self.waiting(&pointer.name, &pointer.tag)
+            {
+                continue;
+            }
+            changed.push((pointer.name, was));
+        }
+        let loads = futures_util::stream::iter(changed)
+            .map(|(name, was)| self.refresh(name, was))
+            .buffer_unordered(LOADS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        for (name, tag) in seen {
+            if !listed_names.contains(&name) {
+                self.remove_if(&name, &Some(tag)).await;
+            }
+        }
+        if loads.iter().any(|loaded| *loaded) {
+            self.cache_changed.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Whether `name` at `tag` failed to load and waits before the next try.
+    fn waiting(&self, name: &str, tag: &Tag) -> bool {
+        lock(&self.failures)
+            .get(name)
+            .is_some_and(|f| &f.tag == tag && Instant::now() < f.retry_at)
+    }
+
+    /// Reads `name`'s pointer and loads its version (or drops the name if it has none), unless
+    /// this server changed the name meanwhile. Returns whether a version was loaded.
+    async fn refresh(&self, name: String, was: Seen) -> bool {
+        let pointer = match self.health(self.store.read(Pointers::Modules, &name).await) {
+            Ok(pointer) => pointer,
+            Err(err) => {
+                tracing::debug!(module = name, "reading the module's version: {err}");
+                return false;
+            }
+        };
+        let Some((value, tag)) = pointer.and_then(|p| p.value.map(|v| (v, p.tag))) else {
+            self.remove_if(&name, &was).await;
+            return false;
+        };
+        match self.load(&name, &value).await {
+            Ok(module) => {
+                lock(&self.failures).remove(&name);
+                let installed = self.install_if(&name, &was, module, Some(tag)).await;
+                if installed {
+                    self.counters
+                        .versions_loaded
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                installed
+            }
+            Err(err) => {
+                let err = self.failed(err);
+                let mut failures = lock(&self.failures);
+                let wait = match failures.get(&name) {
+                    Some(f) if f.tag == tag => (f.wait * 2).min(RETRY_MAX),
+                    _ => {
+                        tracing::error!(module = name, "cannot load the stored version: {err:#}");
+                        RETRY_FIRST
+                    }
+                };
+                failures.insert(
+                    name,
+                    Failure {
+                        tag,
+                        retry_at: Instant::now() + wait,
+                        wait,
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    /// Makes `module` the version of `name` if the name is still as this server saw it
+    /// before reading the store (an upload or delete of this server may have come first).
+    async fn install_if(
+        &self,
+        name: &str,
+        was: &Seen,
+        module: LoadedModule,
+        tag: Option<Tag>,
+    ) -> bool {
+        let _switch = self.switch.lock().await;
+        let mut modules = self.modules.write().unwrap_or_else(|e| e.into_inner());
+        if modules.get(name).map(|c| c.tag.clone()) != *was {
+            return false;
+        }
+        let module = Arc::new(module);
+        lock(&self.loaded).push(Arc::downgrade(&module));
+        modules.insert(name.to_string(), Current { module, tag });
+        true
+    }
+
+    /// Drops `name` if it is still as this server saw it.
+    async fn remove_if(&self, name: &str, was: &Seen) {
+        let _switch = self.switch.lock().await;
+        let mut modules = self.modules.write().unwrap_or_else(|e| e.into_inner());
+        if modules.get(name).map(|c| c.tag.clone()) == *was {
+            modules.remove(name);
+        }
+    }
+
+    /// Loads the version `value` of `name`: its names and its code for this engine.
+    async fn load(&self, name: &str, value: &[u8]) -> Result<LoadedModule, StoreError> {
+        let mut info: ModuleInfo = serde_json::from_slice(value)
+            .map_err(|e| anyhow!("module {name}: unreadable version: {e}"))?;
+        if info.name != name || !is_sha256(&info.sha256) || !is_sha256(&info.runnable_sha256) {
+            return Err(anyhow!(
+                "module {name}: its version names another module or malformed hashes"
+            )
+            .into());
+        }
+        let names_key = ContentKey::Names(info.runnable_sha256.clone());
+        let names_file = self
+            .cache
+            .file(self.store.as_ref(), &names_key)
+            .await?
+            .ok_or_else(|| anyhow!("{} is missing from the store", names_key.path()))?;
+        let names: Vec<Option<String>> = std::fs::read(&names_file)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
+            .with_context(|| format!("reading {}", names_file.display()))?;
+        let module = self.compiled(&info.runnable_sha256).await?;
         let pre = self.runtime.prepare(&module, info.trap_unknown_imports)?;
         info.entry = EntryPoints::of(&module).map_err(anyhow::Error::msg)?;
         Ok(LoadedModule {
@@ -251,26 +645,57 @@ impl Registry {
         })
     }
 
-    /// The stored module `sha` compiled for this engine: its artifact, or compiled now (after
-    /// an engine upgrade) and stored.
-    fn compiled(&self, sha: &str) -> Result<Module> {
-        let path = self.store.artifact(sha);
-        if path.exists() {
+    /// The stored runnable module `sha` compiled for this engine: its artifact from the store,
+    /// or compiled here (by a worker, as uploads are) and stored for the other servers.
+    async fn compiled(&self, sha: &str) -> Result<Module, StoreError> {
+        let key = ContentKey::Artifact {
+            sha: sha.to_string(),
+            engine: self.engine_key.clone(),
+        };
+        if let Some(path) = self.cache.file(self.store.as_ref(), &key).await? {
             match self.deserialize(&path) {
-                Ok(module) => return Ok(module),
+                Ok(module) => {
+                    self.counters
+                        .artifacts_fetched
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(module);
+                }
                 Err(err) => tracing::warn!(path = %path.display(), "recompiling: {err:#}"),
             }
         }
-        let wasm = std::fs::read(self.store.blob(sha, "wasm"))?;
-        let module = Module::new(self.runtime.engine(), &wasm)?;
-        write_atomic(&path, &module.serialize()?)?;
+        let wasm_key = ContentKey::Wasm(sha.to_string());
+        let wasm_file = self
+            .cache
+            .file(self.store.as_ref(), &wasm_key)
+            .await?
+            .ok_or_else(|| anyhow!("{} is missing from the store", wasm_key.path()))?;
+        let wasm = std::fs::read(&wasm_file)
+            .with_context(|| format!("reading {}", wasm_file.display()))?;
+        let compiled = self
+            .compiler
+            .precompile(&wasm)
+            .await
+            .map_err(|e| anyhow!("compiling stored module {sha}: {e}"))?;
+        let module = self.deserialize(&compiled.artifact)?;
+        self.cache
+            .put(self.store.as_ref(), &key, &compiled.artifact)
+            .await?;
+        self.counters
+            .artifacts_compiled
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            module = sha,
+            "compiled for this engine and stored the artifact"
+        );
         Ok(module)
     }
 
     fn deserialize(&self, artifact: &Path) -> Result<Module> {
-        // SAFETY: artifacts are produced by `Module::serialize` of this program (a compile worker
-        // or the server itself) and only ever read from the server's own data directory; their
-        // names pin the engine's compatibility hash.
+        // SAFETY: artifacts are produced by `Module::serialize` in compile workers of this
+        // program, on this server or on another sharing the store, and read from this server's
+        // data directory, its cache, or the store; their names pin the engine's compatibility
+        // hash, which wasmtime checks again. Whoever can write to the store can run native code
+        // here: it is protected like the binary (SECURITY.md).
         #[allow(unsafe_code)]
         let module = unsafe { Module::deserialize_file(self.runtime.engine(), artifact)? };
         Ok(module)
@@ -290,27 +715,34 @@ impl Registry {
         wasm: &[u8],
         options: UploadOptions,
     ) -> Result<(ModuleInfo, UploadTimings), UploadError> {
+        self.ensure_available()?;
         let compiled = self
             .compiler
             .compile(admission, wasm, options.instrument)
             .await?;
+        let clock = Instant::now();
         let sha256 = sha256_hex(wasm);
-        // File work, not to be cut short by an abandoned request.
-        let result = tokio::task::block_in_place(|| self.install(name, sha256, compiled, options));
-        if result.is_ok() {
-            self.collect_garbage(false);
-        }
-        result
+        let (module, names_file) =
+            tokio::task::block_in_place(|| self.prepare(name, sha256, &compiled, options))?;
+        let info = module.info.clone();
+        self.install(name, module, &compiled, &names_file).await?;
+        let timings = UploadTimings {
+            instrument_ms: compiled.instrument_ms,
+            compile_ms: compiled.compile_ms,
+            store_ms: clock.elapsed().as_secs_f64() * 1e3,
+        };
+        self.collect_garbage().await;
+        Ok((info, timings))
     }
 
-    fn install(
+    /// Links and checks a compiled upload, and writes its names file beside it.
+    fn prepare(
         &self,
         name: &str,
         sha256: String,
-        compiled: Compiled,
+        compiled: &Compiled,
         options: UploadOptions,
-    ) -> Result<(ModuleInfo, UploadTimings), UploadError> {
-        let clock = Instant::now();
+    ) -> Result<(LoadedModule, PathBuf), UploadError> {
         let runnable = std::fs::read(&compiled.runnable).context("reading the compiled module")?;
         let runnable_sha256 = sha256_hex(&runnable);
         let module = self.deserialize(&compiled.artifact)?;
@@ -325,6 +757,8 @@ impl Registry {
             (true, false) => Tracing::Iota,
         };
         let names = names_by_id(&compiled.functions, tracing);
+        let names_file = compiled.artifact.with_file_name("names.json");
+        write_atomic(&names_file, &serde_json::to_vec(&names).context("names")?)?;
         let info = ModuleInfo {
             name: name.to_string(),
             original_size: std::fs::metadata(&compiled.original).map_or(0, |m| m.len() as usize),
@@ -344,47 +778,127 @@ impl Registry {
             sha256,
             runnable_sha256,
         };
+        Ok((
+            LoadedModule {
+                info,
+                pre,
+                names: names.into(),
+            },
+            names_file,
+        ))
+    }
 
+    /// Writes an upload's content to the store, then switches `name` to it and serves it.
+    async fn install(
+        &self,
+        name: &str,
+        module: LoadedModule,
+        compiled: &Compiled,
+        names_file: &Path,
+    ) -> Result<(), UploadError> {
+        let info = &module.info;
         let _installing = self.installing([&info.sha256, &info.runnable_sha256]);
-        let store = &self.store;
-        store.install(&compiled.original, &store.blob(&info.sha256, "wasm"))?;
-        store.install(
-            &compiled.runnable,
-            &store.blob(&info.runnable_sha256, "wasm"),
-        )?;
-        store.install(&compiled.artifact, &store.artifact(&info.runnable_sha256))?;
-        write_atomic(
-            &store.blob(&info.runnable_sha256, "names.json"),
-            &serde_json::to_vec(&names).context("names")?,
-        )?;
-        let loaded = Arc::new(LoadedModule {
-            info: info.clone(),
-            pre,
-            names: names.into(),
-        });
-        {
-            let _switch = lock(&self.writes);
-            write_atomic(
-                &store.version(name),
-                &serde_json::to_vec_pretty(&info).context("module info")?,
-            )?;
-            lock(&self.loaded).push(Arc::downgrade(&loaded));
-            self.modules
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(name.to_string(), loaded);
+        let runnable = &info.runnable_sha256;
+        let mut content = vec![
+            (
+                ContentKey::Wasm(info.sha256.clone()),
+                compiled.original.as_path(),
+            ),
+            (
+                ContentKey::Artifact {
+                    sha: runnable.clone(),
+                    engine: self.engine_key.clone(),
+                },
+                compiled.artifact.as_path(),
+            ),
+            (ContentKey::Names(runnable.clone()), names_file),
+        ];
+        // Uploaded with instrument=false (or already instrumented), it is its own runnable.
+        if *runnable != info.sha256 {
+            content.push((
+                ContentKey::Wasm(runnable.clone()),
+                compiled.runnable.as_path(),
+            ));
         }
-        let timings = UploadTimings {
-            instrument_ms: compiled.instrument_ms,
-            compile_ms: compiled.compile_ms,
-            store_ms: clock.elapsed().as_secs_f64() * 1e3,
-        };
-        Ok((info, timings))
+        let first_write = Instant::now();
+        for (key, file) in &content {
+            self.health(self.cache.put(self.store.as_ref(), key, file).await)?;
+        }
+        self.cache_changed.store(true, Ordering::Relaxed);
+        let value: Bytes = serde_json::to_vec_pretty(info)
+            .context("module info")?
+            .into();
+        let _switch = self.switch.lock().await;
+        if let Some(budget) = self.policy.upload_budget()
+            && first_write.elapsed() > budget
+        {
+            return Err(StoreError::Unavailable(format!(
+                "storing the module took {:.1} s, longer than an upload may take with a \
+                 collection grace of {} s",
+                first_write.elapsed().as_secs_f64(),
+                self.policy.grace.as_secs()
+            ))
+            .into());
+        }
+        let tag = self.swap_version(name, Some(value)).await?;
+        let module = Arc::new(module);
+        lock(&self.loaded).push(Arc::downgrade(&module));
+        self.modules
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), Current { module, tag });
+        if self.policy.pass_limit.is_some() {
+            lock(&self.unverified).push(Unverified {
+                due: Instant::now() + self.policy.verify_after,
+                keys: content.into_iter().map(|(key, _)| key).collect(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets `name`'s pointer to `value` by compare-and-swap against what it holds now,
+    /// retrying when another server switched it in between. Returns the new value's tag.
+    async fn swap_version(
+        &self,
+        name: &str,
+        value: Option<Bytes>,
+    ) -> Result<Option<Tag>, StoreError> {
+        for _ in 0..SWAP_ATTEMPTS {
+            let current = self.health(self.store.read(Pointers::Modules, name).await)?;
+            let expected = match &current {
+                Some(pointer) => Expect::Tag(&pointer.tag),
+                None => Expect::Absent,
+            };
+            match self
+                .store
+                .swap(Pointers::Modules, name, expected, value.clone())
+                .await
+            {
+                Ok(Swap::Done(tag)) => {
+                    self.health(Ok(()))?;
+                    return Ok(tag);
+                }
+                Ok(Swap::Conflict) => continue,
+                Err(err) => {
+                    // A write that timed out may still have happened: if the pointer now
+                    // holds this value, it did.
+                    if let Ok(Some(now)) = self.store.read(Pointers::Modules, name).await
+                        && now.value == value
+                    {
+                        return Ok(Some(now.tag));
+                    }
+                    return Err(self.failed(err));
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "module {name} kept being switched by other servers ({SWAP_ATTEMPTS} tries)"
+        )))
     }
 
     /// Marks content as being installed until the guard drops, so no collection removes it
     /// before its version refers to it.
-    fn installing<'a>(&'a self, shas: [&String; 2]) -> impl Drop + 'a {
+    fn installing<'a>(&'a self, shas: [&String; 2]) -> impl Drop + Send + 'a {
         struct Installing<'a>(&'a Registry, [String; 2]);
         impl Drop for Installing<'_> {
             fn drop(&mut self) {
@@ -406,87 +920,233 @@ impl Registry {
         Installing(self, shas.map(String::clone))
     }
 
-    /// Removes content no version refers to, no upload is installing and no run holds; with
-    /// `at_startup`, also what interrupted writes left. Failures are logged: collection is
-    /// retried at the next replacement, deletion or start.
-    fn collect_garbage(&self, at_startup: bool) -> Collected {
-        let _switch = lock(&self.writes);
-        let mut in_use: HashSet<String> = lock(&self.installing).keys().cloned().collect();
-        lock(&self.loaded).retain(|version| match version.upgrade() {
-            Some(module) => {
-                in_use.insert(module.info.sha256.clone());
-                in_use.insert(module.info.runnable_sha256.clone());
-                true
-            }
-            None => false,
-        });
-        match self.store.collect(&in_use, at_startup) {
-            Ok(collected) => {
-                if collected.files > 0 {
-                    tracing::info!(
-                        files = collected.files,
-                        bytes = collected.bytes,
-                        "removed unreferenced content"
-                    );
-                }
-                collected
-            }
-            Err(err) => {
-                tracing::error!("collecting unreferenced content: {err:#}");
-                Collected::default()
-            }
-        }
-    }
-
-    /// The module stored under `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<LoadedModule>> {
-        self.modules
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
-    }
-
-    /// Every stored module's info, by name.
-    pub fn list(&self) -> Vec<ModuleInfo> {
-        self.modules
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|m| m.info.clone())
-            .collect()
-    }
-
-    /// Removes `name`; returns whether it existed. Its content goes once no run holds it.
+    /// Removes `name`; returns whether the store had a version of it. Its content goes once
+    /// no server holds it.
     ///
     /// # Errors
     ///
-    /// If its file cannot be removed.
-    pub fn delete(&self, name: &str) -> Result<bool> {
+    /// If the store fails.
+    pub async fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        self.ensure_available()?;
         let existed = {
-            let _switch = lock(&self.writes);
-            let existed = self
-                .modules
+            let _switch = self.switch.lock().await;
+            let existed = self.delete_version(name).await?;
+            // Whatever the store said, this server no longer serves it.
+            self.modules
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(name)
-                .is_some();
-            if existed {
-                let meta = self.store.version(name);
-                std::fs::remove_file(&meta)
-                    .with_context(|| format!("removing {}", meta.display()))?;
-            }
+                .remove(name);
             existed
         };
         if existed {
-            self.collect_garbage(false);
+            self.collect_garbage().await;
         }
         Ok(existed)
     }
 
-    /// Bytes in the data directory.
-    pub fn disk_bytes(&self) -> u64 {
-        self.store.bytes()
+    /// Removes `name`'s version in the store by compare-and-swap; whether it had one.
+    async fn delete_version(&self, name: &str) -> Result<bool, StoreError> {
+        for _ in 0..SWAP_ATTEMPTS {
+            let Some(current) = self.health(self.store.read(Pointers::Modules, name).await)? else {
+                return Ok(false);
+            };
+            if current.value.is_none() {
+                return Ok(false);
+            }
+            let swapped = self
+                .store
+                .swap(Pointers::Modules, name, Expect::Tag(&current.tag), None)
+                .await;
+            match swapped {
+                Ok(Swap::Done(_)) => return self.health(Ok(true)),
+                Ok(Swap::Conflict) => continue,
+                Err(err) => {
+                    if let Ok(now) = self.store.read(Pointers::Modules, name).await
+                        && now.is_none_or(|p| p.value.is_none())
+                    {
+                        return Ok(true);
+                    }
+                    return Err(self.failed(err));
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "module {name} kept being switched by other servers ({SWAP_ATTEMPTS} tries)"
+        )))
+    }
+
+    /// Hashes of every module this server holds: loaded versions (runs may hold older ones),
+    /// uploads being stored, and recent uploads not yet checked.
+    fn holdings(&self) -> HashSet<String> {
+        let mut held: HashSet<String> = lock(&self.installing).keys().cloned().collect();
+        lock(&self.loaded).retain(|version| match version.upgrade() {
+            Some(module) => {
+                held.insert(module.info.sha256.clone());
+                held.insert(module.info.runnable_sha256.clone());
+                true
+            }
+            None => false,
+        });
+        for upload in lock(&self.unverified).iter() {
+            held.extend(upload.keys.iter().map(|k| k.sha().to_string()));
+        }
+        held
+    }
+
+    /// One collection pass (see [`collect`]); failures are logged and the next pass retries.
+    async fn collect_garbage(&self) {
+        let known: HashMap<Tag, VersionRefs> = self
+            .modules
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|current| {
+                let info = &current.module.info;
+                Some((
+                    current.tag.clone()?,
+                    VersionRefs {
+                        sha256: info.sha256.clone(),
+                        runnable_sha256: info.runnable_sha256.clone(),
+                    },
+                ))
+            })
+            .collect();
+        *lock(&self.last_collection) = Instant::now();
+        let result = collect::collect(
+            self.store.as_ref(),
+            &self.policy,
+            || self.holdings(),
+            &known,
+        )
+        .await;
+        match self.health(result) {
+            Ok(Collected { objects: 0, .. }) => {}
+            Ok(collected) => {
+                self.counters
+                    .collected
+                    .fetch_add(collected.objects as u64, Ordering::Relaxed);
+                tracing::info!(
+                    objects = collected.objects,
+                    bytes = collected.bytes,
+                    "removed unreferenced content"
+                );
+            }
+            Err(err) => tracing::error!("collecting unreferenced content: {err:#}"),
+        }
+    }
+
+    /// Publishes this server's holdings when they changed or the lease is due.
+    async fn refresh_lease(&self) {
+        let mut lease = self.lease.lock().await;
+        let holdings = self.holdings();
+        let due = match &*lease {
+            Some((published, at)) => *published != holdings || at.elapsed() >= LEASE_REFRESH,
+            None => true,
+        };
+        if !due {
+            return;
+        }
+        let value = Lease::encode(&self.settings.instance, &holdings);
+        let written = self
+            .store
+            .swap(
+                Pointers::Leases,
+                &self.settings.instance,
+                Expect::Any,
+                Some(value),
+            )
+            .await;
+        match self.health(written) {
+            Ok(_) => *lease = Some((holdings, Instant::now())),
+            Err(err) => tracing::debug!("publishing the lease: {err}"),
+        }
+    }
+
+    /// Checks the content of uploads whose check is due, writing again what a collection
+    /// pass removed.
+    async fn verify_uploads(&self) {
+        let now = Instant::now();
+        let due: Vec<Unverified> = {
+            let mut unverified = lock(&self.unverified);
+            let (due, later) = unverified.drain(..).partition(|u| u.due <= now);
+            *unverified = later;
+            due
+        };
+        for upload in due {
+            if let Err(err) = self.verify(&upload.keys).await {
+                tracing::debug!("checking an upload's content, retrying: {err}");
+                lock(&self.unverified).push(upload);
+            }
+        }
+    }
+
+    async fn verify(&self, keys: &[ContentKey]) -> Result<(), StoreError> {
+        for key in keys {
+            if self.health(self.store.exists(key).await)? {
+                continue;
+            }
+            match self.cache.holds(self.store.as_ref(), key) {
+                Some(file) => {
+                    tracing::warn!(
+                        key = key.path(),
+                        "content removed by a collection racing the upload: stored again"
+                    );
+                    self.health(self.store.put(key, &file).await)?;
+                }
+                None => tracing::error!(
+                    key = key.path(),
+                    "content removed by a collection racing the upload, and no local copy is left"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// One round of maintenance: load what changed, publish the lease, check recent uploads,
+    /// collect when due, trim the cache.
+    pub async fn tick(&self) {
+        if let Err(err) = self.sync().await {
+            tracing::debug!("reading the store: {err}");
+        }
+        self.refresh_lease().await;
+        self.verify_uploads().await;
+        if let Some(every) = self.policy.every
+            && lock(&self.last_collection).elapsed() >= every
+        {
+            self.collect_garbage().await;
+        }
+        if self.cache_changed.swap(false, Ordering::Relaxed) {
+            let mut in_use: HashSet<String> = self
+                .modules
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|c| c.module.info.runnable_sha256.clone())
+                .collect();
+            in_use.extend(lock(&self.installing).keys().cloned());
+            for upload in lock(&self.unverified).iter() {
+                in_use.extend(upload.keys.iter().map(|k| k.sha().to_string()));
+            }
+            let trimmed = tokio::task::block_in_place(|| self.cache.trim(&in_use));
+            if trimmed.files > 0 {
+                tracing::debug!(
+                    files = trimmed.files,
+                    bytes = trimmed.bytes,
+                    "trimmed the cache"
+                );
+            }
+        }
+    }
+
+    /// Runs [`Registry::tick`] every poll interval, for ever.
+    pub async fn maintain(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(self.settings.poll);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            self.tick().await;
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use crate::trace::SpanVolume;
 /// Shared state of the server.
 pub struct AppState {
     /// Stored modules.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// The engine and linker.
     pub runtime: Arc<Runtime>,
     /// Slots for runs executing at once.

@@ -187,5 +187,12 @@ pub(super) async fn metrics(
     ] {
         text.push_str(&metric(name, "gauge", help, value));
     }
+    for (name, kind, help, value) in state.registry.metrics() {
+        text.push_str(&metric(name, kind, help, value));
+    }
+    text.push_str(&format!(
+        "# HELP iota_instance_info This server's service.instance.id.\n# TYPE iota_instance_info gauge\niota_instance_info{{service_instance_id=\"{}\"}} 1\n",
+        state.registry.instance()
+    ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -142,6 +142,21 @@ impl Compiler {
         wasm: &[u8],
         instrument: bool,
     ) -> Result<Compiled, CompileError> {
+        self.run(wasm, instrument).await
+    }
+
+    /// Compiles a stored runnable module for this server's engine (one another server
+    /// uploaded, with an engine of its own) in a worker, as uploads are, when a compile turn is
+    /// free. The caller is the server itself, so it takes no place in the upload queue.
+    ///
+    /// # Errors
+    ///
+    /// See [`CompileError`].
+    pub async fn precompile(&self, wasm: &[u8]) -> Result<Compiled, CompileError> {
+        self.run(wasm, false).await
+    }
+
+    async fn run(&self, wasm: &[u8], instrument: bool) -> Result<Compiled, CompileError> {
         let _turn = self
             .compiling
             .clone()

@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use opentelemetry::InstrumentationScope;
 use opentelemetry::trace::{SpanContext, Status, TraceFlags, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::Temporality;
@@ -55,7 +55,8 @@ pub struct Exporter {
 
 impl Exporter {
     /// Connects an exporter to `endpoint` (also configured by the standard `OTEL_EXPORTER_OTLP_*`
-    /// variables: headers, timeout; the service name comes from `OTEL_SERVICE_NAME`). Per-function
+    /// variables: headers, timeout; the service name comes from `OTEL_SERVICE_NAME`); spans and
+    /// metrics carry `service.instance.id` = `instance`. Per-function
     /// metrics go to the same collector every `OTEL_METRIC_EXPORT_INTERVAL` milliseconds
     /// (default 60000), cumulative unless `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`
     /// is `delta`.
@@ -63,7 +64,7 @@ impl Exporter {
     /// # Errors
     ///
     /// If the exporter cannot be built (a malformed endpoint, say).
-    pub fn start(endpoint: &str, protocol: OtlpProtocol) -> Result<Self> {
+    pub fn start(endpoint: &str, protocol: OtlpProtocol, instance: &str) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -97,6 +98,7 @@ impl Exporter {
         })?;
         let resource = Resource::builder()
             .with_service_name(service_name())
+            .with_attribute(KeyValue::new("service.instance.id", instance.to_string()))
             .build();
         exporter.set_resource(&resource);
         let metrics = FunctionMetrics::new(resource, temporality);
