@@ -114,7 +114,7 @@ impl S3Store {
                 object_store::Error::NotFound { .. } => {
                     StoreError::Refused(format!("{}: bucket not found: {e}", self.url))
                 }
-                e => classify(e),
+                e => classify(&format!("listing {dir}/"), e),
             })?;
             let location = meta.location.to_string();
             if let Some(relative) = location.strip_prefix(&self.prefix) {
@@ -134,12 +134,23 @@ fn modified(meta: &ObjectMeta) -> SystemTime {
     SystemTime::from(meta.last_modified)
 }
 
-/// Sorts a failure: refused (fix the configuration) or unavailable (try again).
-fn classify(error: object_store::Error) -> StoreError {
+/// Sorts a failure of the request `what`: refused (fix the configuration) or unavailable (try
+/// again). The message keeps the reason, not the request's URL (it is logged at debug).
+fn classify(what: &str, error: object_store::Error) -> StoreError {
+    tracing::debug!("store request failed: {what}: {error}");
+    let text = error.to_string();
+    let reason: String = text
+        .rsplit_once(" - ")
+        .map_or(text.as_str(), |(_, reason)| reason)
+        .trim()
+        .chars()
+        .take(300)
+        .collect();
+    let message = format!("{what}: {reason}");
     match error {
         object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => StoreError::Refused(error.to_string()),
-        error => StoreError::Unavailable(error.to_string()),
+        | object_store::Error::Unauthenticated { .. } => StoreError::Refused(message),
+        _ => StoreError::Unavailable(message),
     }
 }
 
@@ -160,15 +171,16 @@ impl Store for S3Store {
         self.client
             .put(&self.path(&key.path()), PutPayload::from(bytes))
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(&format!("writing {}", key.path()), e))?;
         Ok(())
     }
 
     async fn get(&self, key: &ContentKey, to: &Path) -> Result<bool, StoreError> {
+        let what = format!("reading {}", key.path());
         let result = match self.client.get(&self.path(&key.path())).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(classify(e)),
+            Err(e) => return Err(classify(&what, e)),
         };
         let tmp = temporary_beside(to);
         let written = async {
@@ -178,7 +190,7 @@ impl Store for S3Store {
             let mut hasher = Sha256::new();
             let mut stream = result.into_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(classify)?;
+                let chunk = chunk.map_err(|e| classify(&what, e))?;
                 hasher.update(&chunk);
                 file.write_all(&chunk).await.context("writing the cache")?;
             }
@@ -209,7 +221,7 @@ impl Store for S3Store {
         match self.client.head(&self.path(&key.path())).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(classify(e)),
+            Err(e) => Err(classify(&format!("checking {}", key.path()), e)),
         }
     }
 
@@ -232,15 +244,16 @@ impl Store for S3Store {
     async fn delete(&self, key: &ContentKey) -> Result<(), StoreError> {
         match self.client.delete(&self.path(&key.path())).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(classify(e)),
+            Err(e) => Err(classify(&format!("deleting {}", key.path()), e)),
         }
     }
 
     async fn read(&self, kind: Pointers, name: &str) -> Result<Option<Pointer>, StoreError> {
+        let what = format!("reading {}/{name}.json", kind.dir());
         let result = match self.client.get(&self.pointer_path(kind, name)).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(classify(e)),
+            Err(e) => return Err(classify(&what, e)),
         };
         let e_tag = result.meta.e_tag.clone().ok_or_else(|| {
             StoreError::Other(anyhow!(
@@ -248,7 +261,7 @@ impl Store for S3Store {
                 self.url
             ))
         })?;
-        let bytes = result.bytes().await.map_err(classify)?;
+        let bytes = result.bytes().await.map_err(|e| classify(&what, e))?;
         Ok(Some(Pointer {
             value: (!bytes.is_empty()).then_some(bytes),
             tag: tag(&e_tag),
@@ -263,6 +276,7 @@ impl Store for S3Store {
         value: Option<Bytes>,
     ) -> Result<Swap, StoreError> {
         let path = self.pointer_path(kind, name);
+        let what = format!("writing {}/{name}.json", kind.dir());
         let mode = match expected {
             Expect::Absent => PutMode::Create,
             Expect::Tag(Tag(e_tag)) => PutMode::Update(UpdateVersion {
@@ -273,7 +287,7 @@ impl Store for S3Store {
                 if value.is_none() {
                     return match self.client.delete(&path).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Swap::Done(None)),
-                        Err(e) => Err(classify(e)),
+                        Err(e) => Err(classify(&what, e)),
                     };
                 }
                 PutMode::Overwrite
@@ -298,7 +312,7 @@ impl Store for S3Store {
                 object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. },
             ) => Ok(Swap::Conflict),
-            Err(e) => Err(classify(e)),
+            Err(e) => Err(classify(&what, e)),
         }
     }
 

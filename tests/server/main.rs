@@ -4,6 +4,7 @@ mod auth;
 mod corpus;
 mod errors;
 mod faults;
+mod fleet;
 // Shared with the instrumenter tests; the server tests use only part of them.
 mod harness;
 #[allow(dead_code)]
