@@ -10,6 +10,7 @@
 //! `PUT`: nothing half-written is ever visible.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::{
     BackoffConfig, ClientConfigKey, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
@@ -31,10 +33,13 @@ use super::{
     Tag,
 };
 
+/// Content up to this size is written by one request; larger content by parts of this size.
+const PART_BYTES: usize = 16 << 20;
+
 /// A bucket and a prefix in an S3-compatible store.
 #[derive(Debug)]
 pub struct S3Store {
-    client: AmazonS3,
+    client: Arc<AmazonS3>,
     url: String,
     /// Prefix of every key, with its trailing `/` (empty for the bucket's root).
     prefix: String,
@@ -86,7 +91,7 @@ impl S3Store {
             .build()
             .with_context(|| format!("configuring the S3 store {url}"))?;
         Ok(S3Store {
-            client,
+            client: Arc::new(client),
             url: url.trim_end_matches('/').to_string(),
             prefix: if prefix.is_empty() {
                 String::new()
@@ -134,19 +139,21 @@ fn modified(meta: &ObjectMeta) -> SystemTime {
     SystemTime::from(meta.last_modified)
 }
 
+/// The reason in an `object_store` error's text, without the request's URL.
+fn brief(text: &str) -> String {
+    text.rsplit_once(" - ")
+        .map_or(text, |(_, reason)| reason)
+        .trim()
+        .chars()
+        .take(300)
+        .collect()
+}
+
 /// Sorts a failure of the request `what`: refused (fix the configuration) or unavailable (try
 /// again). The message keeps the reason, not the request's URL (it is logged at debug).
 fn classify(what: &str, error: object_store::Error) -> StoreError {
     tracing::debug!("store request failed: {what}: {error}");
-    let text = error.to_string();
-    let reason: String = text
-        .rsplit_once(" - ")
-        .map_or(text.as_str(), |(_, reason)| reason)
-        .trim()
-        .chars()
-        .take(300)
-        .collect();
-    let message = format!("{what}: {reason}");
+    let message = format!("{what}: {}", brief(&error.to_string()));
     match error {
         object_store::Error::PermissionDenied { .. }
         | object_store::Error::Unauthenticated { .. } => StoreError::Refused(message),
@@ -165,13 +172,31 @@ impl Store for S3Store {
     }
 
     async fn put(&self, key: &ContentKey, file: &Path) -> Result<(), StoreError> {
-        let bytes = tokio::fs::read(file)
+        let mut source = tokio::fs::File::open(file)
             .await
             .with_context(|| format!("reading {}", file.display()))?;
-        self.client
-            .put(&self.path(&key.path()), PutPayload::from(bytes))
-            .await
-            .map_err(|e| classify(&format!("writing {}", key.path()), e))?;
+        // One `PUT` up to a part's size; larger content goes in parts, and appears whole when
+        // the upload completes.
+        let client: Arc<dyn ObjectStore> = self.client.clone();
+        let mut writer = BufWriter::with_capacity(client, self.path(&key.path()), PART_BYTES)
+            .with_max_concurrency(4);
+        let written = match tokio::io::copy(&mut source, &mut writer).await {
+            Ok(_) => writer.shutdown().await,
+            Err(err) => {
+                // Cleans up the parts written so far (a writer that failed to complete its
+                // upload cannot be aborted; a bucket lifecycle rule removes what is left).
+                let _ = writer.abort().await;
+                Err(err)
+            }
+        };
+        if let Err(err) = written {
+            tracing::debug!("store request failed: writing {}: {err}", key.path());
+            return Err(StoreError::Unavailable(format!(
+                "writing {}: {}",
+                key.path(),
+                brief(&err.to_string())
+            )));
+        }
         Ok(())
     }
 
