@@ -595,8 +595,13 @@ fn a_server_killed_mid_upload_leaves_nothing_visible() {
     wait_until("the upload to reach B", || runs(&b, "name=m", "aa", "2\n"));
     let before = bucket.version("m").unwrap();
 
-    // A new version of m is compiling on A when A is killed (its worker with it).
-    let new = fixture("fib.wasm");
+    // A new version of m is compiling on A when A is killed (its worker with it). Its one
+    // long function takes seconds to compile: the worker is seen while it runs.
+    let new = wat::parse_str(format!(
+        "(module (memory (export \"memory\") 1) (func (export \"_start\") (local i32) {}))",
+        "local.get 0 i32.const 1 i32.add local.set 0 ".repeat(100_000)
+    ))
+    .unwrap();
     let _upload = a.post_partial("/upload?name=m", new.len(), &new);
     wait_until("A's compile worker", || {
         !a.children_running("compile-worker").is_empty()
