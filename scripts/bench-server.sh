@@ -12,8 +12,9 @@
 #   fleet servers on a shared S3 store (SeaweedFS on loopback, scripts/install-seaweedfs.sh):
 #         time from an upload on A to the first successful run on B; a new server's start with
 #         100 modules in the store (artifacts fetched), against a restart with a warm cache, a
-#         data directory, and one that must compile them; /run on a server with the S3 store
-#         against one with the data directory, rounds alternating
+#         data directory, and one that must compile them (and yosys.wasm among them, if
+#         scripts/fetch-real-wasm.sh --with-yosys fetched it); /run on a server with the S3
+#         store against one with the data directory, rounds alternating
 # Usage: scripts/bench-server.sh [p3|p4|p5|soak|chaos|storm|fleet|all] (default all: all but
 # storm and fleet). wrk comes from Debian.
 set -euo pipefail
@@ -310,7 +311,7 @@ launch() {
 metric() { curl -sf "$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 
 fleet() {
-  echo "## Fleet: servers on one S3 store (SeaweedFS $("$(scripts/install-seaweedfs.sh)" version | awk '{print $3}') on loopback, same machine)"
+  echo "## Fleet: servers on one S3 store (SeaweedFS $("$(scripts/install-seaweedfs.sh)" version 2>/dev/null | awk 'NR == 1 {print $3}') on loopback, same machine)"
   seaweed
   local store=s3://iota/bench
   launch a "$work/fleet-a" --store "$store" --instance-id a
@@ -318,7 +319,7 @@ fleet() {
   echo "### Upload on A to the first successful run on B (--store-poll-ms 1000, the default), 20 modules"
   variants "$work/prop" 20
   python3 - "$a_url" "$b_url" "$work/prop" <<'PY'
-import glob, statistics, sys, time, urllib.error, urllib.request
+import glob, random, statistics, sys, time, urllib.error, urllib.request
 a, b, mods = sys.argv[1], sys.argv[2], sorted(glob.glob(sys.argv[3] + "/*.wasm"))
 def post(url, data):
     try:
@@ -329,12 +330,16 @@ def post(url, data):
 times = []
 for i, path in enumerate(mods):
     name = f"p{i}"
+    # Uploads at random points of B's poll interval (one right after B's last load would
+    # always wait nearly a whole interval).
+    time.sleep(random.random())
     assert post(f"{a}/upload?name={name}", open(path, "rb").read()) == 201
     t0 = time.perf_counter()
     # Any answer but 404 means B has the module (some variants exit non-zero or trap).
     while post(f"{b}/run?name={name}", b"10") == 404:
         time.sleep(0.005)
     times.append(time.perf_counter() - t0)
+    urllib.request.urlopen(urllib.request.Request(f"{a}/modules/{name}", method="DELETE"))
 q = statistics.quantiles(times, n=10)
 print(f"seconds from the 201 on A to B's first run: min {min(times):.3f}, median "
       f"{statistics.median(times):.3f}, p90 {q[8]:.3f}, max {max(times):.3f}")
@@ -363,6 +368,15 @@ PY
     echo "round $round: data directory restart: ready in $l_ready s, $(grep -o '([0-9]* modules loaded)' "$work/l.out")"
     kill "$l_pid"; wait "$l_pid" 2>/dev/null || true
   done
+  if [ -s target/real-wasm/yosys.wasm ]; then
+    local out
+    out=$(curl -sf -F "wasm=@target/real-wasm/yosys.wasm" "$a_url/upload?name=yosys&unknown_imports=trap")
+    echo "yosys.wasm uploaded on A: $(python3 -c "import json, sys; t = json.loads(sys.argv[1])['timings_ms']; print(f\"compile {t['compile_ms'] / 1e3:.1f} s, store {t['store_ms'] / 1e3:.1f} s\")" "$out")"
+    rm -rf "$work/fleet-new"
+    launch n "$work/fleet-new" --store "$store" --instance-id yosys
+    echo "new server with yosys among 101 modules: ready in $n_ready s, artifacts fetched $(metric "$n_url" iota_store_artifacts_fetched_total), compiled $(metric "$n_url" iota_store_artifacts_compiled_total), $(du -sh "$work/fleet-new/cache" | cut -f1) cached"
+    kill "$n_pid"; wait "$n_pid" 2>/dev/null || true
+  fi
   # A server whose engine has no artifacts compiles them all: the data directory without them.
   rm -f "$work"/fleet-local/compiled/*.cwasm
   launch l "$work/fleet-local"
@@ -377,7 +391,7 @@ PY
   for _ in $(seq 1000); do [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$b_url/run?name=traced")" = 200 ] && break; sleep 0.01; done
   kill "$a_pid"; wait "$a_pid" 2>/dev/null || true
   printf '%-9s %10s %9s %9s %7s %12s\n' store req/s p50 p99 errors 'cpu µs/req'
-  for round in 1 2; do
+  for round in 1 2 3; do
     pid=$l_pid url=$l_url
     echo "$(wrk_line traced 10 16)   local (round $round)"
     pid=$b_pid url=$b_url

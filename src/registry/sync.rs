@@ -66,6 +66,7 @@ impl Registry {
                 self.remove_if(&name, &Some(tag)).await;
             }
         }
+        lock(&self.failures).retain(|name, _| listed_names.contains(name));
         if loads.iter().any(|loaded| *loaded) {
             self.cache_changed.store(true, Ordering::Relaxed);
         }
