@@ -43,7 +43,8 @@ pub struct ServeConfig {
     pub store_timeout_ms: u64,
 
     /// Content of a shared store that nothing refers to is removed once it is this old, in
-    /// milliseconds; an upload must finish writing to the store within three quarters of it.
+    /// milliseconds; an upload must switch its version before its first write to the store is
+    /// this old, less a collection pass's limit (a quarter of it, 30 s at most).
     #[arg(long, env = "IOTA_STORE_GRACE_MS", default_value_t = 600_000)]
     pub store_grace_ms: u64,
 

@@ -219,10 +219,11 @@ struct StoreCounters {
     collected: AtomicU64,
 }
 
-/// Whether the store answered the last request, and what it said if not.
+/// Whether the store answered the last request, and what it said if not (whether it refused
+/// this server, and the message).
 struct Health {
     available: AtomicBool,
-    last_error: Mutex<String>,
+    last_error: Mutex<(bool, String)>,
 }
 
 /// Stored modules: the store, and the versions loaded from it.
@@ -321,7 +322,7 @@ impl Registry {
             cache_changed: AtomicBool::new(true),
             health: Health {
                 available: AtomicBool::new(true),
-                last_error: Mutex::new(String::new()),
+                last_error: Mutex::new((false, String::new())),
             },
             counters: StoreCounters::default(),
         };
@@ -379,8 +380,13 @@ impl Registry {
     /// Records a failed store request; returns its error.
     fn failed(&self, err: StoreError) -> StoreError {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        if matches!(err, StoreError::Unavailable(_) | StoreError::Refused(_)) {
-            *lock(&self.health.last_error) = err.to_string();
+        let last = match &err {
+            StoreError::Unavailable(message) => Some((false, message.clone())),
+            StoreError::Refused(message) => Some((true, message.clone())),
+            StoreError::Other(_) => None,
+        };
+        if let Some(last) = last {
+            *lock(&self.health.last_error) = last;
             if self.health.available.swap(false, Ordering::Relaxed) {
                 tracing::warn!(
                     store = self.store.location(),
@@ -398,12 +404,12 @@ impl Registry {
         if self.health.available.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let last = lock(&self.health.last_error).clone();
-        Err(StoreError::Unavailable(
-            last.strip_prefix("module store unavailable: ")
-                .unwrap_or(&last)
-                .to_string(),
-        ))
+        let (refused, message) = lock(&self.health.last_error).clone();
+        Err(if refused {
+            StoreError::Refused(message)
+        } else {
+            StoreError::Unavailable(message)
+        })
     }
 
     /// The module stored under `name`.

@@ -288,6 +288,10 @@ impl Registry {
                     "removed unreferenced content"
                 );
             }
+            // The store going away is logged once, by `health`.
+            Err(err @ StoreError::Unavailable(_)) => {
+                tracing::debug!("collecting unreferenced content: {err}")
+            }
             Err(err) => tracing::error!("collecting unreferenced content: {err:#}"),
         }
     }

@@ -139,25 +139,53 @@ fn modified(meta: &ObjectMeta) -> SystemTime {
     SystemTime::from(meta.last_modified)
 }
 
-/// The reason in an `object_store` error's text, without the request's URL.
+/// The reason in an `object_store` error's text, without the request's URL: the transport
+/// error, or the status with the S3 error code and message (not the whole XML body).
 fn brief(text: &str) -> String {
-    text.rsplit_once(" - ")
+    let reason = text
+        .rsplit_once(" - ")
         .map_or(text, |(_, reason)| reason)
-        .trim()
-        .chars()
-        .take(300)
-        .collect()
+        .trim();
+    let between = |open: &str, close: &str| {
+        let start = reason.find(open)? + open.len();
+        let end = reason[start..].find(close)? + start;
+        Some(&reason[start..end])
+    };
+    let reason = match (between("<Code>", "</Code>"), reason.find(": <")) {
+        (Some(code), Some(body)) => match between("<Message>", "</Message>") {
+            Some(message) => format!("{}: {code}: {message}", &reason[..body]),
+            None => format!("{}: {code}", &reason[..body]),
+        },
+        _ => reason.to_string(),
+    };
+    reason.chars().take(300).collect()
 }
 
-/// Sorts a failure of the request `what`: refused (fix the configuration) or unavailable (try
-/// again). The message keeps the reason, not the request's URL (it is logged at debug).
+/// The HTTP status an `object_store` error's text reports, if any.
+fn status_in(text: &str) -> Option<u16> {
+    let at = text.find("status code: ")? + "status code: ".len();
+    text.get(at..at + 3)?.parse().ok()
+}
+
+/// Sorts a failure of the request `what`: refused (fix the configuration: credentials,
+/// permissions, the bucket) or unavailable (try again). The message keeps the reason, not the
+/// request's URL (it is logged at debug).
 fn classify(what: &str, error: object_store::Error) -> StoreError {
     tracing::debug!("store request failed: {what}: {error}");
-    let message = format!("{what}: {}", brief(&error.to_string()));
-    match error {
+    let text = error.to_string();
+    let message = format!("{what}: {}", brief(&text));
+    let refused = match error {
         object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => StoreError::Refused(message),
-        _ => StoreError::Unavailable(message),
+        | object_store::Error::Unauthenticated { .. } => true,
+        // Listings report their status in the text only.
+        _ => status_in(&text).is_some_and(|status| {
+            (400..500).contains(&status) && ![408, 409, 429].contains(&status)
+        }),
+    };
+    if refused {
+        StoreError::Refused(message)
+    } else {
+        StoreError::Unavailable(message)
     }
 }
 
@@ -402,6 +430,23 @@ mod tests {
         ] {
             assert!(S3Store::new(bad, Duration::from_secs(1)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn errors_keep_the_reason_without_the_url() {
+        let text = "Generic S3 error: Error performing list request: Error performing GET \
+                    http://127.0.0.1:1/b?list-type=2 in 5ms - Server returned non-2xx status \
+                    code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>AccessDenied</Code>\
+                    <Message>Access Denied.</Message></Error>";
+        assert_eq!(
+            brief(text),
+            "Server returned non-2xx status code: 403 Forbidden: AccessDenied: Access Denied."
+        );
+        assert_eq!(status_in(text), Some(403));
+        let text = "Generic S3 error: Error performing PUT http://127.0.0.1:1/b/k in 1s - HTTP \
+                    error: error sending request";
+        assert_eq!(brief(text), "HTTP error: error sending request");
+        assert_eq!(status_in(text), None);
     }
 
     #[test]

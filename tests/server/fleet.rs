@@ -705,3 +705,34 @@ fn collection_keeps_a_version_another_server_runs_and_then_removes_it() {
         keys.contains(&"nodes/a.json".to_string()) && keys.contains(&"nodes/b.json".to_string())
     );
 }
+
+#[test]
+#[ignore = "needs SEAWEEDFS_WEED (scripts/install-seaweedfs.sh); run by scripts/test"]
+fn a_store_that_refuses_the_server_stops_it_at_startup() {
+    let weed = Seaweed::start("refused");
+    let store = format!("s3://{BUCKET}/refused");
+    for (store, secret, reason) in [
+        ("s3://no-such-bucket", SECRET_KEY, "NoSuchBucket"),
+        (store.as_str(), "wrong-secret", "403"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_iota"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--store", store])
+            .arg("--data-dir")
+            .arg(data_dir("refused"))
+            .envs(weed.env().into_iter().map(|(k, v)| match k {
+                "AWS_SECRET_ACCESS_KEY" => (k, secret.to_string()),
+                _ => (k, v),
+            }))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{store}: {stderr}");
+        assert!(
+            stderr.contains(&format!("error: opening the module store ({store})"))
+                && stderr.contains("refused this server")
+                && stderr.contains(reason),
+            "{store}: {stderr}"
+        );
+    }
+}
