@@ -391,11 +391,13 @@ PY
   for _ in $(seq 1000); do [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$b_url/run?name=traced")" = 200 ] && break; sleep 0.01; done
   kill "$a_pid"; wait "$a_pid" 2>/dev/null || true
   printf '%-9s %10s %9s %9s %7s %12s\n' store req/s p50 p99 errors 'cpu µs/req'
-  for round in 1 2 3; do
-    pid=$l_pid url=$l_url
-    echo "$(wrk_line traced 10 16)   local (round $round)"
-    pid=$b_pid url=$b_url
-    echo "$(wrk_line traced 10 16)   s3    (round $round)"
+  # The order alternates from round to round.
+  for round in 1 2 3 4; do
+    for store in local s3; do
+      if [ $((round % 2)) = 0 ]; then store=$([ "$store" = local ] && echo s3 || echo local); fi
+      if [ "$store" = local ]; then pid=$l_pid url=$l_url; else pid=$b_pid url=$b_url; fi
+      echo "$(wrk_line traced 10 16)   $store (round $round)"
+    done
   done
   pid=
   stop_others
