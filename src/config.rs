@@ -154,6 +154,33 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_READ_TOKEN", hide_env_values = true)]
     pub read_token: Option<String>,
 
+    /// Time each WASI call the guest makes as a host-call span (`wasi:fd_write`, ...) under
+    /// the calling function; `false` turns them off for every module.
+    #[arg(long, env = "IOTA_HOST_SPANS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub host_spans: bool,
+
+    /// Learn from each module's first runs which functions' calls are short (many calls, a
+    /// short mean) and count them from then on instead of timing them, in a version
+    /// re-instrumented in the background. Modules may opt out at upload (`learn=false`).
+    #[arg(long, env = "IOTA_LEARN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub learn: bool,
+
+    /// Runs of a module version to watch before learning.
+    #[arg(long, env = "IOTA_LEARN_AFTER_RUNS", default_value_t = 3)]
+    pub learn_after_runs: u64,
+
+    /// Timed calls of a module version to watch before learning.
+    #[arg(long, env = "IOTA_LEARN_AFTER_CALLS", default_value_t = 100_000)]
+    pub learn_after_calls: u64,
+
+    /// Functions whose mean call was at most this long (nanoseconds) are counted after learning.
+    #[arg(long, env = "IOTA_LEARN_MEAN_NS", default_value_t = 1_000)]
+    pub learn_mean_ns: u64,
+
+    /// ... if they made at least this many calls while watched.
+    #[arg(long, env = "IOTA_LEARN_MIN_CALLS", default_value_t = 1_000)]
+    pub learn_min_calls: u64,
+
     /// Traces kept in memory for GET /traces.
     #[arg(long, env = "IOTA_RECENT_TRACES", default_value_t = 100)]
     pub recent_traces: usize,

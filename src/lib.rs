@@ -7,12 +7,16 @@
 
 pub mod api;
 pub mod budget;
+pub mod client;
 pub mod compile;
 pub mod config;
+pub mod learning;
 pub mod registry;
 pub mod runs;
 pub mod runtime;
+pub mod stats;
 pub mod store;
 pub mod trace;
+pub mod web;
 
 pub use config::ServeConfig;

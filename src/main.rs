@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use iota::api::{AppState, Tokens, UploadCounters, app};
 use iota::compile::worker::WorkerArgs;
 use iota::compile::{CompileSettings, Compiler};
+use iota::learning::{LearnRequest, LearnSettings};
 use iota::registry::{Registry, RegistrySettings};
 use iota::runs::{RunCounters, RunSlots, TraceSinks};
 use iota::runtime::{RunLimits, Runtime};
@@ -18,6 +19,7 @@ use iota::store::s3::S3Store;
 use iota::trace::SpanVolume;
 use iota::trace::export::Exporter;
 use iota::trace::recent::RecentTraces;
+use iota::trace::sampling::Sampler;
 use iota::{ServeConfig, config::OtlpProtocol};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
@@ -36,6 +38,9 @@ enum Command {
     /// Instrument and compile one upload (started by `iota serve`).
     #[command(hide = true)]
     CompileWorker(WorkerArgs),
+    /// Client commands against a running server.
+    #[command(flatten)]
+    Client(iota::client::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => serve(*config),
         Command::CompileWorker(args) => iota::compile::worker::run(&args),
+        Command::Client(command) => return iota::client::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,6 +77,13 @@ fn serve(config: ServeConfig) -> Result<()> {
         threads: config.compile_threads,
         timeout: Duration::from_millis(config.compile_timeout_ms),
         memory_limit_mb: config.compile_memory_limit_mb,
+    };
+    let learn = LearnSettings {
+        enabled: config.learn,
+        after_runs: config.learn_after_runs,
+        after_calls: config.learn_after_calls,
+        mean_ns: config.learn_mean_ns,
+        min_calls: config.learn_min_calls,
     };
     let instance = config.instance_id();
     let request_timeout = Duration::from_millis(config.store_timeout_ms);
@@ -98,6 +111,7 @@ fn serve(config: ServeConfig) -> Result<()> {
             store,
             settings,
             runtime.clone(),
+            learn,
             |scratch| Compiler::new(program, scratch.to_path_buf(), compile),
         ))
         .with_context(|| format!("opening the module store ({location})"))?;
@@ -129,8 +143,10 @@ fn serve(config: ServeConfig) -> Result<()> {
         recent: RecentTraces::new(config.recent_traces),
         exporter,
         counters: RunCounters::default(),
+        stats: Default::default(),
     });
     let non_empty = |token: &Option<String>| token.clone().filter(|t| !t.is_empty());
+    let (learner, mut lessons) = tokio::sync::mpsc::unbounded_channel::<LearnRequest>();
     let state = Arc::new(AppState {
         registry,
         runtime,
@@ -152,10 +168,22 @@ fn serve(config: ServeConfig) -> Result<()> {
             run: non_empty(&config.run_token),
             read: non_empty(&config.read_token),
         },
+        sampler: Sampler::from_env(),
+        learner,
     });
 
     let maintenance = tokio.spawn(state.registry.clone().maintain());
     tokio.block_on(async {
+        // Versions that learned which calls are short are re-instrumented one at a time.
+        let learning = state.clone();
+        tokio::spawn(async move {
+            while let Some(lesson) = lessons.recv().await {
+                learning
+                    .registry
+                    .learn(&lesson.name, lesson.from, lesson.ids)
+                    .await;
+            }
+        });
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding {}", config.addr))?;

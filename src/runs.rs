@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::trace::{SpanId, TraceId, TraceState};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use crate::learning::{LearnRequest, Learner};
 use crate::registry::LoadedModule;
 use crate::runtime::entry::Call;
 use crate::runtime::{Invocation, Runtime, stdio};
@@ -81,6 +82,8 @@ pub struct TraceSinks {
     pub exporter: Option<Exporter>,
     /// Run counters.
     pub counters: RunCounters,
+    /// Runs, failures and durations by module.
+    pub stats: crate::stats::RunStats,
 }
 
 /// Everything a run needs, owned.
@@ -99,10 +102,12 @@ pub struct RunJob {
     pub trace: TraceContext,
     /// Span limits of this run.
     pub volume: SpanVolume,
+    /// Where to send what the module's runs taught about its short calls.
+    pub learner: Option<Learner>,
 }
 
 /// Where the run's spans go in the caller's trace.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TraceContext {
     /// The caller's trace, or a new one.
     pub trace_id: TraceId,
@@ -112,6 +117,10 @@ pub struct TraceContext {
     pub request_span: SpanId,
     /// When the request arrived.
     pub request_start: SystemTime,
+    /// Spans are recorded and exported (else the per-function totals only).
+    pub sampled: bool,
+    /// The `tracestate` to pass on.
+    pub trace_state: TraceState,
 }
 
 /// What the handler needs to answer.
@@ -164,6 +173,9 @@ async fn execute(
                 call: &job.call,
                 stdin,
                 functions: module.names.len(),
+                host_spans: module.host_spans,
+                record_calls: job.trace.sampled,
+                counters: &module.counters,
                 min_span_ns: job.volume.min_span_us.saturating_mul(1000),
             },
             cancelled(&mut reply, stdin_failure),
@@ -178,6 +190,8 @@ async fn execute(
         RunFacts {
             module: module.info.name.clone(),
             names: module.names.clone(),
+            locations: module.locations.clone(),
+            host_functions: crate::runtime::wasi::WASI_FUNCTIONS,
             trace_id: job.trace.trace_id,
             remote_parent: job.trace.remote_parent,
             request_span: job.trace.request_span,
@@ -189,10 +203,23 @@ async fn execute(
             stderr: outcome.stderr,
             max_spans: job.volume.max_spans,
             memory_bytes: outcome.memory_bytes,
+            sampled: job.trace.sampled,
+            trace_state: job.trace.trace_state.clone(),
+            coldstart: !module.warm.swap(true, Ordering::Relaxed),
+            version: module.info.runnable_sha256.clone(),
         },
         &outcome.recorder,
     ));
     drop(outcome.recorder);
+    if let Some(ids) = module.observe(&trace)
+        && let Some(learner) = &job.learner
+    {
+        let _ = learner.send(LearnRequest {
+            name: module.info.name.clone(),
+            from: module.clone(),
+            ids,
+        });
+    }
     counters.finished.fetch_add(1, Ordering::Relaxed);
     if outcome.ending.error().is_some() {
         counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -203,6 +230,16 @@ async fn execute(
     counters
         .spans
         .fetch_add(trace.span_count() as u64, Ordering::Relaxed);
+    sinks.stats.record(
+        &trace.module,
+        trace
+            .start()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64,
+        trace.run_duration_ns(),
+        outcome.ending.error().is_some(),
+    );
     sinks.recent.push(trace.clone());
     if let Some(exporter) = &sinks.exporter {
         exporter.send(trace);

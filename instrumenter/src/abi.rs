@@ -18,6 +18,11 @@ pub const LEGACY_EXIT: &str = "instrument_exit";
 /// Legacy name of [`MEMORY_GROW`].
 pub const LEGACY_MEMORY_GROW: &str = "instrument_memory_grow";
 
+/// Exported by the rewrite for each function whose calls are counted rather than traced: a
+/// mutable `i64` global named this prefix followed by the function's hook id, holding its
+/// number of calls.
+pub const COUNTER_EXPORT_PREFIX: &str = "iota.count.";
+
 /// Custom section that marks a module rewritten by this crate.
 pub const MARKER_SECTION: &str = "iota.instrumented";
 

@@ -36,6 +36,35 @@ pub enum ErrorKind {
     },
     /// The output module could not be encoded.
     Encode(String),
+    /// The module uses a WebAssembly proposal the rewrite cannot keep its promise under.
+    Unsupported {
+        /// The proposal, as named in its repository (`stack-switching`, ...).
+        feature: &'static str,
+        /// Why the rewrite cannot support it.
+        reason: &'static str,
+    },
+    /// The module already imports a hook name with another kind or type than the hook's.
+    HookConflict {
+        /// The import's name in the hook module (`enter`, `exit` or `memory-grow`).
+        name: String,
+        /// What the module imports under that name.
+        found: String,
+    },
+    /// The input is a relocatable object file (it has `linking` or `reloc.*` sections), whose
+    /// relocations would point at stale offsets and indices after the rewrite.
+    ObjectFile {
+        /// The custom section that marks it.
+        section: String,
+    },
+    /// A symbol map given with the module does not parse.
+    SymbolMap {
+        /// The line (1-based).
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The rewrite produced a module that does not validate: a bug in this crate.
+    InvalidOutput(String),
 }
 
 impl Error {
@@ -111,6 +140,27 @@ impl fmt::Display for Error {
                 write!(f, "invalid function pattern `{pattern}`: {reason}")?
             }
             ErrorKind::Encode(msg) => write!(f, "cannot encode the instrumented module: {msg}")?,
+            ErrorKind::Unsupported { feature, reason } => write!(
+                f,
+                "module uses the {feature} proposal, which cannot be instrumented: {reason}"
+            )?,
+            ErrorKind::HookConflict { name, found } => write!(
+                f,
+                "module already imports `{}` `{name}` as {found}; the hook is a function (param i32)",
+                crate::abi::HOOK_MODULE
+            )?,
+            ErrorKind::ObjectFile { section } => write!(
+                f,
+                "input is a relocatable object file (it has a `{section}` section); \
+                 instrument the linked module instead"
+            )?,
+            ErrorKind::SymbolMap { line, reason } => {
+                write!(f, "invalid symbol map, line {line}: {reason}")?
+            }
+            ErrorKind::InvalidOutput(msg) => write!(
+                f,
+                "the instrumented module does not validate (a bug in iota-instrument): {msg}"
+            )?,
         }
         if let Some(function) = self.inner.function {
             write!(f, " (in function {function})")?;
@@ -123,6 +173,43 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// Something in the input that could not be kept, reported without failing the rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    message: String,
+    offset: Option<u64>,
+}
+
+impl Warning {
+    #[cold]
+    pub(crate) fn new(message: impl Into<String>, offset: Option<u64>) -> Self {
+        Warning {
+            message: message.into(),
+            offset,
+        }
+    }
+
+    /// What was dropped and why.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Byte offset in the input where the problem was found, if known.
+    pub fn offset(&self) -> Option<u64> {
+        self.offset
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(offset) = self.offset {
+            write!(f, " (at offset {offset:#x})")?;
+        }
+        Ok(())
+    }
+}
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,14 +1,23 @@
 //! A cheap first pass over the module: the facts the rewrite needs before it starts.
 
-use wasmparser::{ExternalKind, KnownCustom, Name, Parser, Payload, TypeRef, ValType};
+use wasmparser::{ExternalKind, KnownCustom, Parser, Payload, TypeRef, ValType};
 
 use crate::abi;
-use crate::error::{Error, ErrorKind, Result};
+use crate::dwarf::{DebugSections, SourceInfo};
+use crate::error::{Error, ErrorKind, Result, Warning};
+use crate::names::ParsedNames;
 
-/// Parameter count and results of a function type.
+/// Parameters and results of a function type.
 pub(crate) struct FuncSig {
-    pub params: u32,
+    pub params: Vec<ValType>,
     pub results: Vec<ValType>,
+}
+
+impl FuncSig {
+    /// Whether this is the hooks' type, `(param i32)`.
+    fn is_hook_type(&self) -> bool {
+        self.params == [ValType::I32] && self.results.is_empty()
+    }
 }
 
 /// What the rewrite must know about the input module.
@@ -18,22 +27,41 @@ pub(crate) struct ModuleFacts<'a> {
     pub types: Vec<Option<FuncSig>>,
     /// Number of imported functions: the index of the first defined function.
     pub imported_funcs: u32,
+    /// Number of globals, imported and defined: the index of the first global appended.
+    pub globals: u32,
     /// Type index of each defined function.
     pub defined_types: Vec<u32>,
     /// Per memory index: whether it is a 64-bit memory.
     pub memory64: Vec<bool>,
     /// The module imports or defines exception tags.
     pub has_tags: bool,
-    /// The module uses legacy exception handling (`try`/`catch`/`delegate`/`rethrow`).
     /// The module already reports to enter/exit hooks or carries the marker section.
     pub already_instrumented: bool,
+    /// Indices of imported functions that are `enter` hooks (current or legacy names).
+    pub enter_hooks: Vec<u32>,
+    /// Hook ids of functions counted by an earlier rewrite (their counter globals are exported).
+    pub counted_ids: Vec<u32>,
+    /// Per imported function: whether a call to it can end in an exception. WASI functions,
+    /// the hooks and the Observe API never throw; any other import may.
+    pub import_may_throw: Vec<bool>,
+    /// The first import of a hook name with another kind or type than the hook's.
+    pub hook_conflict: Option<Error>,
+    /// The first custom section that marks an object file (`linking`, `reloc.*`).
+    pub object_file: Option<Error>,
+    /// The first `name` section, as far as it parses.
+    pub name_section: Option<ParsedNames<'a>>,
     /// `name`-section names of defined functions, by defined index.
     pub names: Vec<Option<&'a str>>,
     /// First export name of defined functions, by defined index.
     pub exports: Vec<Option<&'a str>>,
-    pub has_type_section: bool,
-    pub has_import_section: bool,
-    pub has_name_section: bool,
+    /// DWARF sections, if the module has debug information.
+    pub debug: DebugSections<'a>,
+    /// Start of the code section's contents: DWARF addresses count from there.
+    pub code_start: u64,
+    /// Defined function bodies, in order.
+    pub bodies: Vec<wasmparser::FunctionBody<'a>>,
+    /// What was read but cannot be kept.
+    pub warnings: Vec<Warning>,
 }
 
 impl<'a> ModuleFacts<'a> {
@@ -48,12 +76,11 @@ impl<'a> ModuleFacts<'a> {
                     return Err(Error::new(ErrorKind::Component).at(range.start));
                 }
                 Payload::TypeSection(reader) => {
-                    facts.has_type_section = true;
                     for group in reader {
                         for sub in group?.into_types() {
                             facts.types.push(match sub.composite_type.inner {
                                 wasmparser::CompositeInnerType::Func(f) => Some(FuncSig {
-                                    params: f.params().len() as u32,
+                                    params: f.params().to_vec(),
                                     results: f.results().to_vec(),
                                 }),
                                 _ => None,
@@ -62,17 +89,18 @@ impl<'a> ModuleFacts<'a> {
                     }
                 }
                 Payload::ImportSection(reader) => {
-                    facts.has_import_section = true;
-                    for import in reader.into_imports() {
-                        let import = import?;
-                        if abi::is_trace_hook(import.module, import.name) {
-                            facts.already_instrumented = true;
-                        }
+                    for import in reader.into_imports_with_offsets() {
+                        let (offset, import) = import?;
+                        facts.check_hook_import(&import, offset);
                         match import.ty {
-                            TypeRef::Func(_) | TypeRef::FuncExact(_) => facts.imported_funcs += 1,
+                            TypeRef::Func(_) | TypeRef::FuncExact(_) => {
+                                facts.imported_funcs += 1;
+                                facts.import_may_throw.push(!never_throws(import.module));
+                            }
                             TypeRef::Memory(m) => facts.memory64.push(m.memory64),
                             TypeRef::Tag(_) => facts.has_tags = true,
-                            TypeRef::Table(_) | TypeRef::Global(_) => {}
+                            TypeRef::Global(_) => facts.globals += 1,
+                            TypeRef::Table(_) => {}
                         }
                     }
                 }
@@ -89,9 +117,18 @@ impl<'a> ModuleFacts<'a> {
                     }
                 }
                 Payload::TagSection(reader) => facts.has_tags |= reader.count() > 0,
+                Payload::GlobalSection(reader) => facts.globals += reader.count(),
                 Payload::ExportSection(reader) => {
                     for export in reader {
                         let export = export?;
+                        if export.kind == ExternalKind::Global
+                            && let Some(id) = export
+                                .name
+                                .strip_prefix(abi::COUNTER_EXPORT_PREFIX)
+                                .and_then(|id| id.parse().ok())
+                        {
+                            facts.counted_ids.push(id);
+                        }
                         if export.kind == ExternalKind::Func
                             && let Some(slot) = facts.defined_slot(export.index)
                             && facts.exports[slot].is_none()
@@ -101,19 +138,115 @@ impl<'a> ModuleFacts<'a> {
                     }
                 }
                 Payload::CustomSection(section) => {
-                    if section.name() == abi::MARKER_SECTION {
+                    let name = section.name();
+                    if name == abi::MARKER_SECTION {
                         facts.already_instrumented = true;
                     }
-                    if let KnownCustom::Name(reader) = section.as_known() {
-                        facts.has_name_section = true;
-                        // A malformed name section only costs us names, never the module.
-                        let _ = facts.read_function_names(reader);
+                    if (name == "linking" || name.starts_with("reloc."))
+                        && facts.object_file.is_none()
+                    {
+                        facts.object_file = Some(
+                            Error::new(ErrorKind::ObjectFile {
+                                section: name.to_string(),
+                            })
+                            .at(section.range().start),
+                        );
+                    }
+                    facts.debug.offer(name, section.data());
+                    if let KnownCustom::Name(_) = section.as_known() {
+                        if facts.name_section.is_none() {
+                            // A malformed name section only costs us names, never the module.
+                            facts.name_section = Some(ParsedNames::parse(
+                                section.data(),
+                                section.data_offset(),
+                                &mut facts.warnings,
+                            ));
+                        } else {
+                            facts.warnings.push(Warning::new(
+                                "a second `name` section is dropped",
+                                Some(section.range().start),
+                            ));
+                        }
                     }
                 }
+                Payload::CodeSectionStart {
+                    unchecked_range, ..
+                } => facts.code_start = unchecked_range.start,
+                Payload::CodeSectionEntry(body) => facts.bodies.push(body),
                 _ => {}
             }
         }
+        // Names are matched to functions last: the section may come before the functions.
+        if let Some(names) = &facts.name_section {
+            for slot in 0..facts.defined_types.len() {
+                facts.names[slot] = names.function(facts.imported_funcs + slot as u32);
+            }
+        }
         Ok(facts)
+    }
+
+    /// Records whether `import` is a hook: the module is then already instrumented, or, for a
+    /// hook name imported with another kind or type, cannot be instrumented.
+    fn check_hook_import(&mut self, import: &wasmparser::Import<'_>, offset: u64) {
+        let is_enter = (import.module == abi::HOOK_MODULE && import.name == abi::ENTER)
+            || (import.module == abi::LEGACY_HOOK_MODULE && import.name == abi::LEGACY_ENTER);
+        let sig = match import.ty {
+            TypeRef::Func(ty) | TypeRef::FuncExact(ty) => {
+                self.types.get(ty as usize).and_then(Option::as_ref)
+            }
+            _ => None,
+        };
+        if is_enter && sig.is_some_and(FuncSig::is_hook_type) {
+            self.enter_hooks.push(self.imported_funcs);
+        }
+        if import.module != abi::HOOK_MODULE || !abi::HOOKS.contains(&import.name) {
+            if abi::is_trace_hook(import.module, import.name) {
+                self.already_instrumented = true;
+            }
+            return;
+        }
+        match sig {
+            // A `memory-grow` import of the hook's type alone links to the same host function
+            // as the one the rewrite appends.
+            Some(sig) if sig.is_hook_type() && import.name == abi::MEMORY_GROW => {}
+            Some(sig) if sig.is_hook_type() => self.already_instrumented = true,
+            _ if self.hook_conflict.is_none() => {
+                self.hook_conflict = Some(
+                    Error::new(ErrorKind::HookConflict {
+                        name: import.name.to_string(),
+                        found: describe_import(import.ty, sig),
+                    })
+                    .at(offset),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// What DWARF says of each defined function (nothing without debug information).
+    pub(crate) fn source_info(&mut self) -> Vec<SourceInfo> {
+        if !self.debug.has_info() {
+            return vec![SourceInfo::default(); self.defined_types.len()];
+        }
+        let addresses: Vec<u64> = self
+            .bodies
+            .iter()
+            .map(|body| {
+                let first = body
+                    .get_operators_reader()
+                    .map_or(body.range().start, |ops| ops.original_position());
+                first.saturating_sub(self.code_start)
+            })
+            .collect();
+        self.debug.describe(&addresses, &mut self.warnings)
+    }
+
+    /// Whether a call to imported function `index` can end in an exception.
+    pub(crate) fn import_may_throw(&self, index: u32) -> bool {
+        self.import_may_throw
+            .get(index as usize)
+            .copied()
+            .unwrap_or(true)
     }
 
     /// Position of function `index` among the defined functions, if it is one.
@@ -121,22 +254,52 @@ impl<'a> ModuleFacts<'a> {
         let slot = index.checked_sub(self.imported_funcs)? as usize;
         (slot < self.defined_types.len()).then_some(slot)
     }
+}
 
-    fn read_function_names(
-        &mut self,
-        reader: wasmparser::NameSectionReader<'a>,
-    ) -> Result<(), wasmparser::BinaryReaderError> {
-        for subsection in reader {
-            if let Name::Function(map) = subsection? {
-                for naming in map {
-                    let naming = naming?;
-                    if let Some(slot) = self.defined_slot(naming.index) {
-                        self.names[slot] = Some(naming.name);
-                    }
-                }
+/// Whether functions of import module `module` are known never to throw: WASI preview 1 (its
+/// functions return an errno or trap, they cannot raise a wasm exception), the hooks and the
+/// Observe API.
+fn never_throws(module: &str) -> bool {
+    matches!(
+        module,
+        "wasi_snapshot_preview1"
+            | "wasi_unstable"
+            | abi::HOOK_MODULE
+            | abi::LEGACY_HOOK_MODULE
+            | "dylibso:observe/api"
+    )
+}
+
+/// An import's kind and type, as the text format would write it.
+fn describe_import(ty: TypeRef, sig: Option<&FuncSig>) -> String {
+    let list = |types: &[ValType]| {
+        types
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match (ty, sig) {
+        (TypeRef::Func(_) | TypeRef::FuncExact(_), Some(sig)) => {
+            let mut text = "a function".to_string();
+            if !sig.params.is_empty() {
+                text += &format!(" (param {})", list(&sig.params));
             }
+            if !sig.results.is_empty() {
+                text += &format!(" (result {})", list(&sig.results));
+            }
+            if sig.params.is_empty() && sig.results.is_empty() {
+                text += " with no parameters";
+            }
+            text
         }
-        Ok(())
+        (TypeRef::Func(_) | TypeRef::FuncExact(_), None) => {
+            "a function of a non-function type".into()
+        }
+        (TypeRef::Table(_), _) => "a table".into(),
+        (TypeRef::Memory(_), _) => "a memory".into(),
+        (TypeRef::Global(_), _) => "a global".into(),
+        (TypeRef::Tag(_), _) => "a tag".into(),
     }
 }
 

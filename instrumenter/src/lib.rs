@@ -6,8 +6,10 @@
 //! (`dylibso:observe/instrument` `enter`, `exit`, `memory-grow`, all `(i32) -> ()`),
 //! defined functions shift past them everywhere they are referenced, and each body is
 //! wrapped so that fall-through, branches to the function label, `return`, tail calls and
-//! escaping exceptions all call `exit` exactly once. The hook id is the function's index in
-//! the output module.
+//! exceptions that unwind it all call `exit` exactly once (the exception handler goes only on
+//! functions an exception can unwind; see [`UnwindExits`]). The hook id is the function's
+//! index in the output module. Input is validated with [`features`]; what cannot be
+//! instrumented is refused with an [`ErrorKind`] that says why.
 //!
 //! # Examples
 //!
@@ -24,25 +26,31 @@
 mod abi;
 mod bodies;
 mod body;
+mod cost;
+mod dwarf;
 mod error;
 mod facts;
+mod features;
 mod names;
 mod options;
 mod rewrite;
+mod unwind;
 
 pub use abi::{
-    ENTER, EXIT, HOOK_MODULE, LEGACY_ENTER, LEGACY_EXIT, LEGACY_HOOK_MODULE, LEGACY_MEMORY_GROW,
-    MARKER_SECTION, MEMORY_GROW, is_trace_hook,
+    COUNTER_EXPORT_PREFIX, ENTER, EXIT, HOOK_MODULE, LEGACY_ENTER, LEGACY_EXIT, LEGACY_HOOK_MODULE,
+    LEGACY_MEMORY_GROW, MARKER_SECTION, MEMORY_GROW, is_trace_hook,
 };
-pub use error::{Error, ErrorKind, Result};
+pub use cost::{TimedBecause, Timing};
+pub use dwarf::SourceInfo;
+pub use error::{Error, ErrorKind, Result, Warning};
+pub use features::features;
 pub use names::{FunctionEntry, demangle, fallback_name};
-pub use options::{IfInstrumented, Options};
+pub use options::{CallTiming, IfInstrumented, Options, SymbolMap, UnwindExits};
 
 use wasm_encoder::reencode::Reencode;
 use wasmparser::Parser;
 
 use facts::ModuleFacts;
-use options::Selector;
 
 /// The result of [`instrument`].
 #[derive(Debug, Clone)]
@@ -54,59 +62,132 @@ pub struct Instrumented {
     /// The input was already instrumented and is returned unchanged
     /// (only with [`IfInstrumented::PassThrough`]).
     pub passed_through: bool,
+    /// What could not be kept (parts of a malformed `name` section, ...); the output is valid.
+    pub warnings: Vec<Warning>,
 }
 
 /// Instruments every selected function of `wasm`.
 ///
-/// The input is validated first, with every WebAssembly proposal that `wasmparser` knows
-/// enabled. The output is deterministic: the same bytes and options give the same module.
+/// The input is validated first, with the WebAssembly proposals the rewrite supports
+/// ([`features`]). The output is deterministic: the same bytes and options give the same
+/// module. Debug builds validate the output too.
 ///
 /// # Errors
 ///
-/// [`ErrorKind::Invalid`] (with the byte offset) if `wasm` is not a valid module,
-/// [`ErrorKind::Component`] for a component, [`ErrorKind::AlreadyInstrumented`] if it
-/// already calls the hooks (unless [`IfInstrumented::PassThrough`]), and
-/// [`ErrorKind::Pattern`] for a bad include/exclude glob.
+/// [`ErrorKind::Invalid`] (with the byte offset, and the function index for an invalid body:
+/// the lowest one if several are) if `wasm` is not a valid module, [`ErrorKind::Unsupported`]
+/// if it uses a proposal the rewrite does not support, [`ErrorKind::Component`] for a
+/// component, [`ErrorKind::ObjectFile`] for a relocatable object file,
+/// [`ErrorKind::HookConflict`] if it imports a hook name with another kind or type,
+/// [`ErrorKind::AlreadyInstrumented`] if it already calls the hooks (unless
+/// [`IfInstrumented::PassThrough`]), and [`ErrorKind::Pattern`] for a bad include/exclude glob.
 pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
     let selector = options.selector()?;
     if Parser::is_component(wasm) {
         return Err(Error::new(ErrorKind::Component).at(0));
     }
+    if !wasm.starts_with(b"\0asm") {
+        return Err(Error::new(ErrorKind::Invalid(
+            "not a WebAssembly module (it does not start with `\\0asm`)".into(),
+        ))
+        .at(0));
+    }
     let pending = bodies::validate_module(wasm)?;
-    let facts = ModuleFacts::gather(wasm)?;
+    let mut facts = ModuleFacts::gather(wasm)?;
+    if let Some(err) = facts.object_file.take().or(facts.hook_conflict.take()) {
+        return Err(err);
+    }
+    let sources = facts.source_info();
+    let warnings = std::mem::take(&mut facts.warnings);
+    let names = Names {
+        facts: &facts,
+        symbols: options.symbols(),
+        sources: &sources,
+    };
 
     if facts.already_instrumented {
-        bodies::validate_bodies(pending)?;
+        let calls_enter =
+            bodies::check_bodies(wasm, facts.imported_funcs, pending, &facts.enter_hooks)?;
         return match options.instrumented_policy() {
             IfInstrumented::Fail => Err(Error::new(ErrorKind::AlreadyInstrumented)),
-            IfInstrumented::PassThrough => Ok(Instrumented {
-                wasm: wasm.to_vec(),
-                functions: function_map(&facts, &selector, 0),
-                passed_through: true,
-            }),
+            IfInstrumented::PassThrough => {
+                let mut functions = names.function_map(0, |slot, _| calls_enter[slot]);
+                for f in &mut functions {
+                    if facts.counted_ids.contains(&f.id) {
+                        f.instrumented = true;
+                        f.timing = Timing::Counted;
+                    }
+                }
+                Ok(Instrumented {
+                    wasm: wasm.to_vec(),
+                    functions,
+                    passed_through: true,
+                    warnings,
+                })
+            }
         };
     }
 
-    let functions = function_map(&facts, &selector, abi::HOOKS.len() as u32);
-    let selected = functions.iter().map(|f| f.instrumented).collect();
-    let mut rewriter = rewrite::Rewriter::new(wasm, &facts, selected, options.keeps_debug())?;
-    // Bodies are rewritten for standard exception handling; a module that turns out to use the
-    // legacy instructions gets them rewritten again in its own style.
-    let originals = rewriter
-        .may_throw()
-        .then(|| bodies::function_bodies(&pending));
-    let (mut rewritten, legacy) = bodies::rewrite_bodies(&rewriter, pending)?;
-    if legacy && let Some(originals) = originals {
-        rewriter.use_legacy_exceptions();
-        rewritten = bodies::rewrite_validated(&rewriter, &originals)?;
+    let functions = names.function_map(abi::HOOKS.len() as u32, |_, names| {
+        selector.selects_all() || selector.selects(names)
+    });
+    let selected: Vec<bool> = functions.iter().map(|f| f.instrumented).collect();
+    let mut rewriter = rewrite::Rewriter::new(
+        wasm,
+        &facts,
+        selected.clone(),
+        options.unwind(),
+        options.keeps_debug(),
+    )?;
+    let mut rewritten = bodies::rewrite_bodies(&rewriter, pending)?;
+    let timing = match options.timing() {
+        CallTiming::EveryCall => selected
+            .iter()
+            .map(|&s| {
+                if s {
+                    Timing::Timed(TimedBecause::EveryCall)
+                } else {
+                    Timing::Untraced
+                }
+            })
+            .collect(),
+        CallTiming::ShortCallsCounted { budget } => {
+            let body_facts: Vec<_> = rewritten.iter().map(|r| &r.facts).collect();
+            let mut timing = cost::classify(facts.imported_funcs, &body_facts, &selected, budget);
+            for &id in options.counted_also() {
+                let slot = id.checked_sub(facts.imported_funcs + abi::HOOKS.len() as u32);
+                if let Some(t) = slot.and_then(|s| timing.get_mut(s as usize))
+                    && matches!(t, Timing::Timed(_))
+                {
+                    *t = Timing::Learned;
+                }
+            }
+            timing
+        }
+    };
+    let counted: Vec<bool> = timing.iter().map(|t| t.is_counted()).collect();
+    if counted.contains(&true) {
+        rewriter.count_calls(&counted);
+        bodies::recount_bodies(&rewriter, &facts.bodies, &counted, &mut rewritten)?;
     }
     rewriter.set_bodies(rewritten);
+    let mut functions = functions;
+    for (f, timing) in functions.iter_mut().zip(timing) {
+        f.timing = timing;
+    }
     let mut module = wasm_encoder::Module::new();
     rewriter.parse_core_module(&mut module, Parser::new(0), wasm)?;
+    let wasm = module.finish();
+    if cfg!(debug_assertions) {
+        wasmparser::Validator::new_with_features(features())
+            .validate_all(&wasm)
+            .map_err(|e| Error::new(ErrorKind::InvalidOutput(e.to_string())))?;
+    }
     Ok(Instrumented {
-        wasm: module.finish(),
+        wasm,
         functions,
         passed_through: false,
+        warnings,
     })
 }
 
@@ -120,22 +201,55 @@ pub fn is_instrumented(wasm: &[u8]) -> Result<bool> {
     facts::is_instrumented(wasm)
 }
 
-/// The function map; ids are shifted by `shift` for defined functions.
-fn function_map(facts: &ModuleFacts<'_>, selector: &Selector, shift: u32) -> Vec<FunctionEntry> {
-    (0..facts.defined_types.len())
-        .map(|slot| {
-            let original_index = facts.imported_funcs + slot as u32;
-            let raw_name = facts.names[slot].or(facts.exports[slot]);
-            let name = raw_name.map_or_else(|| fallback_name(original_index), demangle);
-            let instrumented = selector.selects_all()
-                || selector.selects(&[name.as_str(), raw_name.unwrap_or(&name)]);
-            FunctionEntry {
-                id: original_index + shift,
-                original_index,
-                name,
-                raw_name: raw_name.map(str::to_string),
-                instrumented,
-            }
-        })
-        .collect()
+/// Every source of function names, in the order they are trusted.
+struct Names<'a> {
+    facts: &'a ModuleFacts<'a>,
+    symbols: Option<&'a SymbolMap>,
+    sources: &'a [SourceInfo],
+}
+
+impl Names<'_> {
+    /// The raw name of the function in `slot`: symbol map, `name` section, DWARF, export.
+    fn raw(&self, slot: usize) -> Option<&str> {
+        let index = self.facts.imported_funcs + slot as u32;
+        self.symbols
+            .and_then(|map| map.name(index))
+            .or(self.facts.names[slot])
+            .or(self.sources[slot].name.as_deref())
+            .or(self.facts.exports[slot])
+    }
+
+    /// The function map; ids are shifted by `shift` for defined functions, and `instrumented`
+    /// says, from a function's slot and names (demangled, raw), whether it reports to the
+    /// hooks.
+    fn function_map(
+        &self,
+        shift: u32,
+        instrumented: impl Fn(usize, &[&str]) -> bool,
+    ) -> Vec<FunctionEntry> {
+        (0..self.facts.defined_types.len())
+            .map(|slot| {
+                let original_index = self.facts.imported_funcs + slot as u32;
+                let raw_name = self.raw(slot);
+                let name = raw_name.map_or_else(|| fallback_name(original_index), demangle);
+                let instrumented = instrumented(slot, &[name.as_str(), raw_name.unwrap_or(&name)]);
+                let source = &self.sources[slot];
+                FunctionEntry {
+                    id: original_index + shift,
+                    original_index,
+                    name,
+                    raw_name: raw_name.map(str::to_string),
+                    instrumented,
+                    timing: if instrumented {
+                        Timing::Timed(TimedBecause::EveryCall)
+                    } else {
+                        Timing::Untraced
+                    },
+                    file: source.file.clone(),
+                    line: source.line,
+                    column: source.column,
+                }
+            })
+            .collect()
+    }
 }

@@ -1,19 +1,21 @@
 //! `iota-instrument`: rewrite wasm modules so every function reports enter/exit to the host.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{CommandFactory, Parser};
-use iota_instrument::{IfInstrumented, Instrumented, Options};
+use clap::{CommandFactory, Parser, ValueEnum};
+use iota_instrument::{CallTiming, IfInstrumented, Instrumented, Options, SymbolMap, UnwindExits};
 
 /// Instrument WebAssembly modules for function-level tracing.
 ///
 /// Every defined function calls `dylibso:observe/instrument` `enter(id)` first and `exit(id)` on
-/// every way out; `memory-grow(pages)` precedes each `memory.grow`. The id is the function's index
-/// in the output module; `--map` writes the id → name table.
+/// every way out, except provably short ones, which count their calls in an exported global
+/// `iota.count.<id>` (`--time-every-call` times them too); `memory-grow(pages)` precedes each
+/// `memory.grow`. `--map` writes the id → name table and how each function is traced.
 #[derive(Parser, Debug)]
 #[command(version, max_term_width = 100)]
 struct Cli {
@@ -37,9 +39,16 @@ struct Cli {
     #[arg(long, requires = "out_dir")]
     maps: bool,
 
-    /// Only check: exit 0 if every input is instrumented, 1 otherwise. Writes nothing.
+    /// Only check: exit 0 if every input is a valid, instrumented module, 1 otherwise.
+    /// Writes nothing.
     #[arg(long)]
     check: bool,
+
+    /// Which functions call `exit` when an exception unwinds them: in every module (`always`,
+    /// the default; the output then needs an engine with exception handling), or only in
+    /// modules that use exceptions themselves.
+    #[arg(long, value_name = "WHEN", default_value = "always")]
+    unwind_exits: Unwind,
 
     /// Instrument only functions whose (demangled or raw) name matches this glob. Repeatable.
     #[arg(long, value_name = "GLOB")]
@@ -49,9 +58,29 @@ struct Cli {
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
 
+    /// Time every call of every function (each calls `enter` and `exit`, as any Observe SDK host
+    /// expects), instead of counting the calls of provably short functions in the module.
+    #[arg(long)]
+    time_every_call: bool,
+
+    /// Most operators a counted call may run, callees included (without --time-every-call).
+    #[arg(long, value_name = "OPERATORS", default_value_t = iota_instrument::CallTiming::DEFAULT_BUDGET)]
+    count_budget: u32,
+
+    /// Also count (not time) the functions whose hook ids this file lists, one per line or
+    /// separated by spaces or commas (ids of an earlier output of the same input).
+    #[arg(long, value_name = "FILE", conflicts_with = "time_every_call")]
+    count_also: Option<PathBuf>,
+
     /// Keep `.debug_*` and `sourceMappingURL` sections (dropped by default: code offsets move).
     #[arg(long)]
     keep_debug: bool,
+
+    /// Name functions from a symbol map (lines `INDEX:NAME`, as Emscripten's `--emit-symbol-map`
+    /// and `wasm-opt --symbolmap` write them); it wins over the `name` section and DWARF.
+    /// Single input only.
+    #[arg(long, value_name = "FILE", conflicts_with = "out_dir")]
+    symbol_map: Option<PathBuf>,
 
     /// Copy already instrumented inputs unchanged instead of failing on them.
     #[arg(long)]
@@ -62,6 +91,15 @@ struct Cli {
     quiet: bool,
 }
 
+/// `--unwind-exits` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Unwind {
+    /// Every function an exception can unwind, in every module.
+    Always,
+    /// Only in modules that declare or import a tag or use an exception instruction.
+    IfModuleUsesExceptions,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(message) = check_usage(&cli) {
@@ -69,27 +107,58 @@ fn main() -> ExitCode {
             .error(clap::error::ErrorKind::ArgumentConflict, message)
             .exit();
     }
-    let mut failed = false;
+    let mut batch = Batch::default();
     for input in &cli.inputs {
         let outcome = if cli.check {
             check(input, cli.quiet)
         } else {
             instrument_one(&cli, input)
         };
+        if let Err(err) = batch.record(outcome) {
+            eprintln!("error: {}: {err:#}", input.display());
+        }
+        if batch.stopped {
+            break;
+        }
+    }
+    batch.exit_code()
+}
+
+/// The outcome of a run over many inputs.
+#[derive(Debug, Default)]
+struct Batch {
+    failed: bool,
+    /// Standard output was closed by the reader: nothing more can be delivered.
+    stopped: bool,
+}
+
+impl Batch {
+    /// Records one input's outcome; returns the error to report, if any.
+    fn record(&mut self, outcome: Result<bool>) -> Result<()> {
         match outcome {
-            Ok(true) => {}
-            Ok(false) => failed = true,
-            Err(err) if is_broken_pipe(&err) => return ExitCode::SUCCESS,
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.failed = true;
+                Ok(())
+            }
+            Err(err) if is_broken_pipe(&err) => {
+                self.stopped = true;
+                Ok(())
+            }
             Err(err) => {
-                eprintln!("error: {}: {err:#}", input.display());
-                failed = true;
+                self.failed = true;
+                Err(err)
             }
         }
     }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
+
+    /// 1 if any input failed (also when a closed pipe stopped the run after a failure), else 0.
+    fn exit_code(&self) -> ExitCode {
+        if self.failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -107,7 +176,58 @@ fn check_usage(cli: &Cli) -> Result<(), String> {
     if cli.out_dir.is_none() && cli.output.is_none() {
         return Err("give an output: -o FILE (`-` for standard output) or --out-dir DIR".into());
     }
+    if let (Some(output), Some(map)) = (&cli.output, &cli.map) {
+        if is_stdio(output) && is_stdio(map) {
+            return Err(
+                "-o - and --map - would both write to standard output; send one to a file".into(),
+            );
+        }
+        if !is_stdio(output) && same_file(output, map) {
+            return Err(format!(
+                "-o and --map name the same file: {}",
+                output.display()
+            ));
+        }
+    }
+    if let Some(dir) = &cli.out_dir {
+        check_out_dir(dir, &cli.inputs)?;
+    }
     Ok(())
+}
+
+/// With `--out-dir`, every input must have its own file name, and no output may replace an input.
+fn check_out_dir(dir: &Path, inputs: &[PathBuf]) -> Result<(), String> {
+    let mut by_name: HashMap<&std::ffi::OsStr, &Path> = HashMap::new();
+    for input in inputs {
+        let Some(name) = input.file_name() else {
+            return Err(format!("input {} has no file name", input.display()));
+        };
+        if let Some(earlier) = by_name.insert(name, input) {
+            return Err(format!(
+                "inputs {} and {} would both be written to {}",
+                earlier.display(),
+                input.display(),
+                dir.join(name).display()
+            ));
+        }
+        if same_file(&dir.join(name), input) {
+            return Err(format!(
+                "--out-dir {} would overwrite the input {}",
+                dir.display(),
+                input.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same file (the same path when neither exists yet).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(_), Err(_)) => a == b,
+        _ => false,
+    }
 }
 
 /// Instruments one input; `Ok(true)` when done.
@@ -121,10 +241,42 @@ fn instrument_one(cli: &Cli, input: &Path) -> Result<bool> {
         options.exclude(pattern);
     }
     options.keep_debug(cli.keep_debug);
+    options.unwind_exits(match cli.unwind_exits {
+        Unwind::Always => UnwindExits::Always,
+        Unwind::IfModuleUsesExceptions => UnwindExits::IfModuleUsesExceptions,
+    });
     if cli.skip_instrumented {
         options.if_instrumented(IfInstrumented::PassThrough);
     }
+    options.call_timing(if cli.time_every_call {
+        CallTiming::EveryCall
+    } else {
+        CallTiming::ShortCallsCounted {
+            budget: cli.count_budget,
+        }
+    });
+    if let Some(path) = &cli.count_also {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let ids = text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<u32>()
+                    .with_context(|| format!("{}: `{s}` is not a function id", path.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        options.count_also(ids);
+    }
+    if let Some(path) = &cli.symbol_map {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the symbol map {}", path.display()))?;
+        options.symbol_map(SymbolMap::parse(&text)?);
+    }
     let out = iota_instrument::instrument(&wasm, &options)?;
+    if !cli.quiet {
+        warn(input, &out);
+    }
 
     let (output, map) = match &cli.out_dir {
         Some(dir) => {
@@ -153,6 +305,12 @@ fn instrument_one(cli: &Cli, input: &Path) -> Result<bool> {
     Ok(true)
 }
 
+fn warn(input: &Path, out: &Instrumented) {
+    for warning in &out.warnings {
+        eprintln!("warning: {}: {warning}", input.display());
+    }
+}
+
 fn report(input: &Path, output: &Path, wasm: &[u8], out: &Instrumented) {
     if out.passed_through {
         eprintln!(
@@ -163,8 +321,14 @@ fn report(input: &Path, output: &Path, wasm: &[u8], out: &Instrumented) {
         return;
     }
     let traced = out.functions.iter().filter(|f| f.instrumented).count();
+    let counted = out
+        .functions
+        .iter()
+        .filter(|f| f.timing.is_counted())
+        .count();
     eprintln!(
-        "{} -> {}: {traced} of {} functions instrumented, {} -> {} bytes",
+        "{} -> {}: {traced} of {} functions instrumented ({counted} of them counted, not timed), \
+         {} -> {} bytes",
         input.display(),
         output.display(),
         out.functions.len(),
@@ -173,16 +337,26 @@ fn report(input: &Path, output: &Path, wasm: &[u8], out: &Instrumented) {
     );
 }
 
-/// Prints whether `input` is instrumented; `Ok(true)` when it is.
+/// Prints whether `input` is a valid instrumented module; `Ok(true)` when it is. The input
+/// is validated exactly as for instrumenting it.
 fn check(input: &Path, quiet: bool) -> Result<bool> {
     let wasm = read_input(input)?;
-    let instrumented = iota_instrument::is_instrumented(&wasm)?;
-    if !instrumented {
+    let out = iota_instrument::instrument(
+        &wasm,
+        Options::new().if_instrumented(IfInstrumented::PassThrough),
+    )?;
+    if !out.passed_through {
         eprintln!("error: {}: not instrumented", input.display());
     } else if !quiet {
-        eprintln!("{}: instrumented", input.display());
+        warn(input, &out);
+        let traced = out.functions.iter().filter(|f| f.instrumented).count();
+        eprintln!(
+            "{}: instrumented ({traced} of {} functions call enter or count their calls)",
+            input.display(),
+            out.functions.len()
+        );
     }
-    Ok(instrumented)
+    Ok(out.passed_through)
 }
 
 fn is_stdio(path: &Path) -> bool {
@@ -200,7 +374,8 @@ fn read_input(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Writes `bytes` to `path` atomically (temporary file + rename), or to standard output.
+/// Writes `bytes` to `path` atomically (a temporary file of its own in the same directory,
+/// then a rename), or to standard output.
 fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
     if is_stdio(path) {
         let mut stdout = io::stdout().lock();
@@ -210,14 +385,54 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
         stdout.write_all(bytes)?;
         return Ok(stdout.flush()?);
     }
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".iota-instrument-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<io::Error>()
-        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    err.chain().any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broken_pipe() -> anyhow::Error {
+        io::Error::from(io::ErrorKind::BrokenPipe).into()
+    }
+
+    #[test]
+    fn a_closed_pipe_stops_the_batch_and_keeps_earlier_failures() {
+        let mut batch = Batch::default();
+        assert!(batch.record(Err(anyhow::anyhow!("bad module"))).is_err());
+        assert!(batch.record(Err(broken_pipe())).is_ok());
+        assert!(batch.stopped);
+        assert_eq!(batch.exit_code(), ExitCode::from(1));
+
+        let mut clean = Batch::default();
+        assert!(clean.record(Ok(true)).is_ok());
+        assert!(
+            clean
+                .record(Err(broken_pipe().context("writing -")))
+                .is_ok()
+        );
+        assert!(clean.stopped);
+        assert_eq!(clean.exit_code(), ExitCode::SUCCESS);
+    }
 }

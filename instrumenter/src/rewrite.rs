@@ -1,13 +1,16 @@
 //! The module-level rewrite: a [`Reencode`] that shifts defined functions past the hook
 //! imports, appends the hook types and imports, and rewrites every function body.
 
+use rayon::prelude::*;
 use wasm_encoder::reencode::{self, Reencode, utils};
 use wasm_encoder::{BlockType, EntityType, NameMap, SectionId};
 
 use crate::abi;
-use crate::body::{BodyPlan, ExceptionStyle};
+use crate::body::{BodyPlan, Rewritten, Wrapper};
 use crate::error::{Error, Result};
 use crate::facts::ModuleFacts;
+use crate::options::UnwindExits;
+use crate::unwind;
 
 type ReencodeResult<T> = Result<T, reencode::Error<Error>>;
 
@@ -22,12 +25,21 @@ pub(crate) struct Rewriter<'a, 'f> {
     /// Types appended after the module's own: the hook type, then `[] -> results` wrappers.
     appended_types: Vec<Vec<wasmparser::ValType>>,
     hook_type: u32,
-    exceptions: ExceptionStyle,
+    unwind: UnwindExits,
     keep_debug: bool,
     types_written: bool,
     imports_written: bool,
+    names_written: bool,
     /// Rewritten bodies, emitted in order by the code section.
     bodies: std::vec::IntoIter<Vec<u8>>,
+    /// Per defined function: labels the wrapper adds before the body's own.
+    added_labels: Vec<u32>,
+    /// Per defined function: the global counting its calls, if it is counted, not traced.
+    counters: Vec<Option<u32>>,
+    /// Hook ids of the counted functions, in the order of their globals.
+    counted_ids: Vec<u32>,
+    globals_written: bool,
+    exports_written: bool,
 }
 
 impl<'a, 'f> Rewriter<'a, 'f> {
@@ -35,6 +47,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         wasm: &'a [u8],
         facts: &'f ModuleFacts<'a>,
         selected: Vec<bool>,
+        unwind: UnwindExits,
         keep_debug: bool,
     ) -> Result<Self> {
         let hook_type = facts.types.len() as u32;
@@ -55,11 +68,6 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             };
             wrapper_block_types.push(block);
         }
-        let exceptions = if facts.has_tags {
-            ExceptionStyle::Standard
-        } else {
-            ExceptionStyle::None
-        };
         Ok(Rewriter {
             wasm,
             facts,
@@ -67,11 +75,17 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             wrapper_block_types,
             appended_types,
             hook_type,
-            exceptions,
+            unwind,
             keep_debug,
             types_written: false,
             imports_written: false,
+            names_written: false,
             bodies: Vec::new().into_iter(),
+            added_labels: Vec::new(),
+            counters: Vec::new(),
+            counted_ids: Vec::new(),
+            globals_written: false,
+            exports_written: false,
         })
     }
 
@@ -109,20 +123,102 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         self.imports_written = true;
     }
 
-    /// Whether a body may throw, so exits need a handler.
-    pub(crate) fn may_throw(&self) -> bool {
-        self.exceptions != ExceptionStyle::None
+    /// Gives each traced body its final wrapper, now that every body has been read: an
+    /// exception handler where an exception can unwind the function (and the options ask for
+    /// it), in the module's style (legacy `try` if any body uses legacy exception handling,
+    /// mixing both in one module being invalid for some engines), a plain block elsewhere.
+    /// Then keeps the bodies for the code section.
+    pub(crate) fn set_bodies(&mut self, mut bodies: Vec<Rewritten>) {
+        let facts: Vec<_> = bodies.iter().map(|b| &b.facts).collect();
+        let uses_exceptions = self.facts.has_tags || facts.iter().any(|f| f.uses_exceptions);
+        let handled = match self.unwind {
+            UnwindExits::Always => true,
+            UnwindExits::IfModuleUsesExceptions => uses_exceptions,
+        };
+        let style = if facts.iter().any(|f| f.legacy) {
+            Wrapper::Legacy
+        } else {
+            Wrapper::Standard
+        };
+        let can_unwind = if handled {
+            unwind::can_unwind(self.facts.imported_funcs, &facts)
+        } else {
+            vec![false; bodies.len()]
+        };
+        // In parallel: in a module that uses legacy exception handling, most bodies change.
+        let this = &*self;
+        bodies
+            .par_iter_mut()
+            .zip(can_unwind)
+            .with_min_len(256)
+            .for_each(|(body, can_unwind)| {
+                let wanted = if can_unwind { style } else { Wrapper::Block };
+                if body.wrapper.is_some_and(|wrapper| wrapper != wanted) {
+                    body.rewrap(this, wanted);
+                }
+            });
+        self.added_labels = bodies
+            .iter()
+            .map(|b| b.wrapper.map_or(0, Wrapper::labels))
+            .collect();
+        self.bodies = bodies
+            .into_iter()
+            .map(|b| b.bytes)
+            .collect::<Vec<_>>()
+            .into_iter();
     }
 
-    /// Handles escaping exceptions with legacy `try`/`catch_all`, for modules that use it
-    /// (mixing it with `try_table` in one module is not valid for every engine).
-    pub(crate) fn use_legacy_exceptions(&mut self) {
-        self.exceptions = ExceptionStyle::Legacy;
+    /// The exception wrapper a body gets if it shows, on its own, that it can be unwound.
+    fn wrapper_guess(&self) -> Option<Wrapper> {
+        match self.unwind {
+            UnwindExits::IfModuleUsesExceptions if !self.facts.has_tags => None,
+            _ => Some(Wrapper::Standard),
+        }
     }
 
-    /// The rewritten bodies the code section will hold, in order.
-    pub(crate) fn set_bodies(&mut self, bodies: Vec<Vec<u8>>) {
-        self.bodies = bodies.into_iter();
+    /// Counts the calls of the defined functions `counted` flags instead of tracing them: each
+    /// gets a global, appended after the module's own and exported as
+    /// [`abi::COUNTER_EXPORT_PREFIX`] followed by its hook id.
+    pub(crate) fn count_calls(&mut self, counted: &[bool]) {
+        let mut next = self.facts.globals;
+        self.counters = counted
+            .iter()
+            .enumerate()
+            .map(|(slot, &counted)| {
+                counted.then(|| {
+                    self.counted_ids
+                        .push(self.output_function_index(self.facts.imported_funcs + slot as u32));
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+    }
+
+    fn write_counter_globals(&mut self, globals: &mut wasm_encoder::GlobalSection) {
+        for _ in &self.counted_ids {
+            globals.global(
+                wasm_encoder::GlobalType {
+                    val_type: wasm_encoder::ValType::I64,
+                    mutable: true,
+                    shared: false,
+                },
+                &wasm_encoder::ConstExpr::i64_const(0),
+            );
+        }
+        self.globals_written = true;
+    }
+
+    fn write_counter_exports(&mut self, exports: &mut wasm_encoder::ExportSection) {
+        let first = self.facts.globals;
+        for (k, id) in self.counted_ids.iter().enumerate() {
+            exports.export(
+                &format!("{}{id}", abi::COUNTER_EXPORT_PREFIX),
+                wasm_encoder::ExportKind::Global,
+                first + k as u32,
+            );
+        }
+        self.exports_written = true;
     }
 
     /// What to do with defined function `slot`.
@@ -132,13 +228,15 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         let sig = self.facts.types[ty]
             .as_ref()
             .expect("validated: a defined function has a function type");
+        let counter = self.counters.get(slot).copied().flatten();
         BodyPlan {
             id: self.output_function_index(index),
             original_index: index,
-            params: sig.params,
-            traced: self.selected[slot],
+            params: sig.params.len() as u32,
+            traced: self.selected[slot] && counter.is_none(),
             block_type: self.wrapper_block_types[ty],
-            exceptions: self.exceptions,
+            guess: self.wrapper_guess(),
+            counter,
         }
     }
 }
@@ -171,6 +269,26 @@ impl Reencode for Rewriter<'_, '_> {
         Ok(())
     }
 
+    fn parse_global_section(
+        &mut self,
+        globals: &mut wasm_encoder::GlobalSection,
+        section: wasmparser::GlobalSectionReader<'_>,
+    ) -> ReencodeResult<()> {
+        utils::parse_global_section(self, globals, section)?;
+        self.write_counter_globals(globals);
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut wasm_encoder::ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> ReencodeResult<()> {
+        utils::parse_export_section(self, exports, section)?;
+        self.write_counter_exports(exports);
+        Ok(())
+    }
+
     fn intersperse_section_hook(
         &mut self,
         module: &mut wasm_encoder::Module,
@@ -178,6 +296,17 @@ impl Reencode for Rewriter<'_, '_> {
         before: Option<SectionId>,
     ) -> ReencodeResult<()> {
         let next = before.map_or(u8::MAX, section_rank);
+        let counting = !self.counted_ids.is_empty();
+        if counting && !self.globals_written && next > section_rank(SectionId::Global) {
+            let mut globals = wasm_encoder::GlobalSection::new();
+            self.write_counter_globals(&mut globals);
+            module.section(&globals);
+        }
+        if counting && !self.exports_written && next > section_rank(SectionId::Export) {
+            let mut exports = wasm_encoder::ExportSection::new();
+            self.write_counter_exports(&mut exports);
+            module.section(&exports);
+        }
         if !self.types_written && next > section_rank(SectionId::Type) {
             let mut types = wasm_encoder::TypeSection::new();
             self.write_appended_types(&mut types)
@@ -190,7 +319,7 @@ impl Reencode for Rewriter<'_, '_> {
             module.section(&imports);
         }
         if before.is_none() {
-            if !self.facts.has_name_section {
+            if !self.names_written {
                 let mut names = wasm_encoder::NameSection::new();
                 names.functions(&self.hook_names());
                 module.section(&names);
@@ -233,65 +362,70 @@ impl Reencode for Rewriter<'_, '_> {
         if (stale_debug_info && !self.keep_debug) || stale_offsets {
             return Ok(());
         }
-        if let wasmparser::KnownCustom::Name(reader) = section.as_known() {
-            // A name section that does not parse is dropped: its indices cannot be remapped.
-            if let Ok(names) = self.custom_name_section(reader) {
+        if let wasmparser::KnownCustom::Name(_) = section.as_known() {
+            // The first name section, as parsed, stands for all of them.
+            if !self.names_written {
+                let names = self.name_section()?;
                 module.section(&names);
+                self.names_written = true;
             }
             return Ok(());
         }
         utils::parse_custom_section(self, module, section)
     }
+}
 
-    fn custom_name_section(
-        &mut self,
-        section: wasmparser::NameSectionReader<'_>,
-    ) -> ReencodeResult<wasm_encoder::NameSection> {
+impl Rewriter<'_, '_> {
+    /// The name section: the input's (as far as it parsed, each subsection once, in order)
+    /// with indices remapped, label indices shifted past the wrappers, and the hooks named.
+    fn name_section(&mut self) -> ReencodeResult<wasm_encoder::NameSection> {
         let mut names = wasm_encoder::NameSection::new();
-        let mut functions_named = false;
-        for subsection in section {
-            let subsection = subsection?;
-            match subsection {
-                wasmparser::Name::Module { .. } => {}
-                wasmparser::Name::Function(_) => functions_named = true,
-                _ if !functions_named => {
-                    // Subsections are ordered by id; function names (id 1) go before the rest.
-                    names.functions(&self.hook_names());
-                    functions_named = true;
-                }
-                _ => {}
-            }
-            self.parse_custom_name_subsection(&mut names, subsection)?;
+        let parsed = self.facts.name_section.as_ref();
+        if let Some(module_name) = parsed.and_then(|p| p.module.clone()) {
+            utils::parse_custom_name_subsection(self, &mut names, module_name)?;
         }
-        if !functions_named {
-            names.functions(&self.hook_names());
+        let mut functions = NameMap::new();
+        let mut hooks_named = false;
+        for &(index, name) in parsed.map_or(&[][..], |p| &p.functions) {
+            if !hooks_named && index >= self.facts.imported_funcs {
+                self.append_hook_names(&mut functions);
+                hooks_named = true;
+            }
+            functions.append(self.output_function_index(index), name);
+        }
+        if !hooks_named {
+            self.append_hook_names(&mut functions);
+        }
+        names.functions(&functions);
+        for subsection in parsed.map_or(&[][..], |p| &p.others) {
+            match subsection {
+                wasmparser::Name::Label(map) => names.labels(&self.label_names(map.clone())?),
+                other => utils::parse_custom_name_subsection(self, &mut names, other.clone())?,
+            }
         }
         Ok(names)
     }
 
-    fn parse_custom_name_subsection(
+    /// Label names with indices shifted past the labels each function's wrapper adds.
+    fn label_names(
         &mut self,
-        names: &mut wasm_encoder::NameSection,
-        section: wasmparser::Name<'_>,
-    ) -> ReencodeResult<()> {
-        let wasmparser::Name::Function(map) = section else {
-            return utils::parse_custom_name_subsection(self, names, section);
-        };
-        let mut out = NameMap::new();
-        let mut hooks_named = false;
-        for naming in map {
-            let naming = naming?;
-            if !hooks_named && naming.index >= self.facts.imported_funcs {
-                self.append_hook_names(&mut out);
-                hooks_named = true;
+        map: wasmparser::IndirectNameMap<'_>,
+    ) -> ReencodeResult<wasm_encoder::IndirectNameMap> {
+        let mut out = wasm_encoder::IndirectNameMap::new();
+        for function in map {
+            let function = function?;
+            let shift = self
+                .facts
+                .defined_slot(function.index)
+                .map_or(0, |slot| self.added_labels[slot]);
+            let mut labels = NameMap::new();
+            for naming in function.names {
+                let naming = naming?;
+                labels.append(naming.index.saturating_add(shift), naming.name);
             }
-            out.append(self.output_function_index(naming.index), naming.name);
+            out.append(self.output_function_index(function.index), &labels);
         }
-        if !hooks_named {
-            self.append_hook_names(&mut out);
-        }
-        names.functions(&out);
-        Ok(())
+        Ok(out)
     }
 }
 

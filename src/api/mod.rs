@@ -2,9 +2,11 @@
 
 mod auth;
 mod error;
+mod profile;
 mod query;
 mod read;
 mod run;
+mod stats;
 mod upload;
 
 use std::sync::Arc;
@@ -17,10 +19,12 @@ use axum::routing::{get, post};
 pub use auth::Tokens;
 pub use error::ApiError;
 
+use crate::learning::Learner;
 use crate::registry::Registry;
 use crate::runs::{RunSlots, TraceSinks};
 use crate::runtime::Runtime;
 use crate::trace::SpanVolume;
+use crate::trace::sampling::Sampler;
 
 /// Shared state of the server.
 pub struct AppState {
@@ -44,6 +48,10 @@ pub struct AppState {
     pub uploads: UploadCounters,
     /// Bearer tokens required, by kind of request.
     pub tokens: Tokens,
+    /// Which runs are sampled.
+    pub sampler: Sampler,
+    /// Where runs send what they taught about their module's short calls.
+    pub learner: Learner,
 }
 
 /// Counters of uploads, for `/metrics`.
@@ -70,9 +78,13 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/modules/{name}",
             get(read::get_module).delete(upload::delete_module),
         )
+        .route("/modules/{name}/functions", get(read::get_function_map))
         .route("/traces", get(read::list_traces))
-        .route("/traces/{id}", get(read::get_trace))
+        .route("/modules/{name}/profile", get(profile::module_profile))
+        .route("/traces/{id}", get(profile::get_trace))
+        .route("/stats", get(stats::module_stats))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(read::metrics))
+        .merge(crate::web::routes())
         .with_state(state)
 }

@@ -1,10 +1,13 @@
 //! Query parameters and request headers: names, flags, numbers, `traceparent`.
 
+use std::str::FromStr;
+
 use axum::http::HeaderMap;
-use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::trace::{SpanId, TraceId, TraceState};
 
 use super::error::ApiError;
 use crate::registry::validate_name;
+use crate::trace::sampling::RemoteParent;
 
 /// Query parameters, repeated keys kept in order (`arg=a&arg=b`).
 pub struct Query(Vec<(String, String)>);
@@ -90,8 +93,24 @@ impl Query {
     }
 }
 
-/// A W3C `traceparent`: trace id and parent span id, if well formed.
-pub fn parse_traceparent(headers: &HeaderMap) -> Option<(TraceId, SpanId)> {
+/// The caller's W3C trace context: `traceparent` (if well formed) and its `tracestate`.
+pub fn remote_parent(headers: &HeaderMap) -> Option<RemoteParent> {
+    let (trace_id, span_id, sampled) = parse_traceparent(headers)?;
+    let trace_state = headers
+        .get("tracestate")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| TraceState::from_str(v).ok())
+        .unwrap_or_default();
+    Some(RemoteParent {
+        trace_id,
+        span_id,
+        sampled,
+        trace_state,
+    })
+}
+
+/// A W3C `traceparent`: trace id, parent span id and the sampled flag, if well formed.
+fn parse_traceparent(headers: &HeaderMap) -> Option<(TraceId, SpanId, bool)> {
     let value = headers.get("traceparent")?.to_str().ok()?;
     let mut parts = value.trim().split('-');
     let (version, trace, span, flags) =
@@ -110,5 +129,6 @@ pub fn parse_traceparent(headers: &HeaderMap) -> Option<(TraceId, SpanId)> {
     let span = SpanId::from_hex(span)
         .ok()
         .filter(|s| *s != SpanId::INVALID)?;
-    Some((trace, span))
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((trace, span, flags & 1 == 1))
 }

@@ -14,8 +14,9 @@ use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
 use crate::registry::validate_name;
+use crate::trace::TraceRecord;
 
-fn authorize_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     authorize(headers, state.tokens.read.as_deref())
 }
 
@@ -38,9 +39,33 @@ pub(super) async fn get_module(
         .registry
         .get(&name)
         .ok_or_else(|| ApiError::no_module(&name))?;
-    Ok(Json(
-        serde_json::to_value(&module.info).map_err(ApiError::internal)?,
-    ))
+    let mut info = serde_json::to_value(&module.info).map_err(ApiError::internal)?;
+    info["learning"] = json!(module.learning_state());
+    Ok(Json(info))
+}
+
+pub(super) async fn get_function_map(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize_read(&state, &headers)?;
+    validate_name(&name).map_err(ApiError::bad_request)?;
+    if state.registry.get(&name).is_none() {
+        return Err(ApiError::no_module(&name));
+    }
+    let map = state
+        .registry
+        .function_map(&name)
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                format!("module `{name}` was stored without a function map; upload it again"),
+            )
+        })?;
+    Ok(Json(json!({ "name": name, "functions": map })))
 }
 
 pub(super) async fn list_traces(
@@ -61,6 +86,7 @@ pub(super) async fn list_traces(
                 "duration_ns": t.duration().as_nanos(),
                 "spans": t.span_count(),
                 "error": t.error(),
+                "outcome": t.ending().error_type().unwrap_or("ok"),
             })
         })
         .collect();
@@ -73,21 +99,39 @@ pub(super) async fn get_trace(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize_read(&state, &headers)?;
-    let trace_id = TraceId::from_hex(&id)
+    let trace = recent_trace(&state, &id)?;
+    let metrics: Vec<&str> = trace
+        .metric_lines()
+        .iter()
+        .map(|m| m.line.as_str())
+        .collect();
+    Ok(Json(json!({
+        "trace_id": id,
+        "module": trace.module,
+        "spans": trace.spans_json(),
+        "functions": trace.functions(),
+        "metrics": metrics,
+    })))
+}
+
+/// The recent trace `id`.
+///
+/// # Errors
+///
+/// `400` for an id that is not 32 hex digits, `404` for one no longer (or never) kept.
+pub(super) fn recent_trace(state: &AppState, id: &str) -> Result<Arc<TraceRecord>, ApiError> {
+    let trace_id = TraceId::from_hex(id)
         .ok()
         .filter(|_| id.len() == 32)
         .ok_or_else(|| {
             ApiError::bad_request(format!("invalid trace id `{id}`: expected 32 hex digits"))
         })?;
-    let trace = state.sinks.recent.get(trace_id).ok_or_else(|| {
+    state.sinks.recent.get(trace_id).ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             format!("no recent trace `{id}`"),
         )
-    })?;
-    Ok(Json(
-        json!({ "trace_id": id, "module": trace.module, "spans": trace.spans_json(), "functions": trace.functions() }),
-    ))
+    })
 }
 
 /// One line of Prometheus text: a counter or a gauge.

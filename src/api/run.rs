@@ -12,7 +12,7 @@ use serde_json::json;
 use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
-use super::query::{Query, parse_traceparent};
+use super::query::{Query, remote_parent};
 use crate::runs::{self, Finished, RunJob, TraceContext};
 use crate::trace::{Cancel, Ending, new_span_id, new_trace_id};
 
@@ -41,7 +41,7 @@ pub(super) async fn run(
     if declared_length(&parts.headers).is_some_and(|len| len > state.max_run_body as u64) {
         return Err(body_too_large(state.max_run_body));
     }
-    let trace = trace_context(&parts.headers, request_start);
+    let trace = trace_context(&state, &parts.headers, request_start);
     let permit = state.runs.acquire().await.map_err(|overloaded| {
         state
             .sinks
@@ -63,8 +63,9 @@ pub(super) async fn run(
         args: query.all("arg"),
         body,
         max_body: state.max_run_body,
-        trace,
+        trace: trace.clone(),
         volume,
+        learner: Some(state.learner.clone()),
     };
     let answer = runs::start(
         &state.executor,
@@ -77,17 +78,19 @@ pub(super) async fn run(
     Ok(respond(finished, &trace, state.max_run_body))
 }
 
-/// The trace the run joins: the caller's (from `traceparent`), or a new one.
-fn trace_context(headers: &HeaderMap, request_start: SystemTime) -> TraceContext {
-    let (trace_id, remote_parent) = match parse_traceparent(headers) {
-        Some((trace, span)) => (trace, Some(span)),
-        None => (new_trace_id(), None),
-    };
+/// The trace the run joins (the caller's, from `traceparent`, or a new one) and whether it is
+/// sampled.
+fn trace_context(state: &AppState, headers: &HeaderMap, request_start: SystemTime) -> TraceContext {
+    let parent = remote_parent(headers);
+    let trace_id = parent.as_ref().map_or_else(new_trace_id, |p| p.trace_id);
+    let sampling = state.sampler.decide(trace_id, parent.as_ref());
     TraceContext {
         trace_id,
-        remote_parent,
+        remote_parent: parent.map(|p| p.span_id),
         request_span: new_span_id(),
         request_start,
+        sampled: sampling.sampled,
+        trace_state: sampling.trace_state,
     }
 }
 
@@ -112,10 +115,15 @@ fn respond(finished: Finished, trace: &TraceContext, max_body: usize) -> Respons
     let trace_id = trace.trace_id.to_string();
     let mut headers = HeaderMap::new();
     headers.insert("x-iota-trace-id", header_value(&trace_id));
+    let flags = if trace.sampled { "01" } else { "00" };
     headers.insert(
         "traceparent",
-        header_value(&format!("00-{trace_id}-{}-01", trace.request_span)),
+        header_value(&format!("00-{trace_id}-{}-{flags}", trace.request_span)),
     );
+    let trace_state = trace.trace_state.header();
+    if !trace_state.is_empty() {
+        headers.insert("tracestate", header_value(&trace_state));
+    }
     let error = match finished.ending {
         Ending::Exit(code) => {
             headers.insert("x-iota-exit-code", HeaderValue::from(code));
@@ -126,11 +134,8 @@ fn respond(finished: Finished, trace: &TraceContext, max_body: usize) -> Respons
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
-            let status = if code == 0 {
-                StatusCode::OK
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
+            let status = StatusCode::from_u16(finished.ending.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return (status, headers, finished.stdout).into_response();
         }
         Ending::Trap { message, backtrace } => ApiError::new(

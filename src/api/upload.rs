@@ -41,13 +41,19 @@ pub(super) async fn upload(
     };
     // The body is read (within its limit) before the request is refused for anything else,
     // so a client still sending a module gets the JSON error rather than a reset connection.
-    let wasm = upload_body(request, state.max_upload).await?;
+    let upload = upload_body(request, state.max_upload).await?;
     let query = Query::parse(query.as_deref());
     let name = query.module_name()?;
     let options = upload_options(&query, &state)?;
     let (info, timings) = state
         .registry
-        .upload(&admission, &name, &wasm, options)
+        .upload(
+            &admission,
+            &name,
+            &upload.wasm,
+            upload.symbol_map.as_deref(),
+            options,
+        )
         .await
         .map_err(upload_error)?;
     state.uploads.stored.fetch_add(1, Ordering::Relaxed);
@@ -64,6 +70,15 @@ fn upload_options(query: &Query, state: &AppState) -> Result<UploadOptions, ApiE
         trap_unknown_imports: query
             .flag("unknown_imports", &["error", "trap"])?
             .is_some_and(|v| v == "trap"),
+        host_spans: query
+            .flag("host_spans", &["true", "false"])?
+            .is_none_or(|v| v == "true"),
+        time_every_call: query
+            .flag("timing", &["counted", "every_call"])?
+            .is_some_and(|v| v == "every_call"),
+        learn: query
+            .flag("learn", &["true", "false"])?
+            .is_none_or(|v| v == "true"),
         spans: SpanOverrides {
             max_spans: query
                 .number("max_spans", state.spans.max_spans as u64)?
@@ -113,8 +128,15 @@ async fn discard_body(mut body: Body, limit: usize) {
     }
 }
 
-/// The module bytes: multipart field `wasm`, or the raw body.
-async fn upload_body(request: Request, max_upload: usize) -> Result<Bytes, ApiError> {
+/// What an upload sends: the module, and a symbol map for it.
+struct Upload {
+    wasm: Bytes,
+    symbol_map: Option<String>,
+}
+
+/// The module bytes (multipart field `wasm`, or the raw body) and the optional multipart field
+/// `symbol_map` (lines `INDEX:NAME`).
+async fn upload_body(request: Request, max_upload: usize) -> Result<Upload, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -139,7 +161,10 @@ async fn upload_body(request: Request, max_upload: usize) -> Result<Bytes, ApiEr
                 "empty upload: send the module as multipart field `wasm` or as the body",
             ));
         }
-        return Ok(body);
+        return Ok(Upload {
+            wasm: body,
+            symbol_map: None,
+        });
     }
     let mut multipart = Multipart::from_request(request, &())
         .await
@@ -151,15 +176,21 @@ async fn upload_body(request: Request, max_upload: usize) -> Result<Bytes, ApiEr
             ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
         }
     };
-    loop {
-        let field = multipart.next_field().await.map_err(malformed)?;
-        let Some(field) = field else {
-            return Err(ApiError::bad_request("multipart body has no field `wasm`"));
-        };
-        if field.name() == Some("wasm") {
-            return field.bytes().await.map_err(malformed);
+    let (mut wasm, mut symbol_map) = (None, None);
+    while let Some(field) = multipart.next_field().await.map_err(malformed)? {
+        match field.name() {
+            Some("wasm") if wasm.is_none() => wasm = Some(field.bytes().await.map_err(malformed)?),
+            Some("symbol_map") if symbol_map.is_none() => {
+                let bytes = field.bytes().await.map_err(malformed)?;
+                symbol_map = Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                    ApiError::bad_request("multipart field `symbol_map` is not UTF-8 text")
+                })?);
+            }
+            _ => {}
         }
     }
+    let wasm = wasm.ok_or_else(|| ApiError::bad_request("multipart body has no field `wasm`"))?;
+    Ok(Upload { wasm, symbol_map })
 }
 
 pub(super) async fn delete_module(
@@ -170,7 +201,10 @@ pub(super) async fn delete_module(
     authorize(&headers, state.tokens.upload.as_deref())?;
     validate_name(&name).map_err(ApiError::bad_request)?;
     match state.registry.delete(&name).await {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(true) => {
+            state.sinks.stats.forget(&name);
+            Ok(StatusCode::NO_CONTENT)
+        }
         Ok(false) => Err(ApiError::no_module(&name)),
         Err(err) => Err(store_error(err, "the module was not deleted")),
     }

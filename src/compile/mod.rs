@@ -131,7 +131,8 @@ impl Compiler {
     }
 
     /// Waits for a turn, then instruments (unless `instrument` is false: then only validates)
-    /// and compiles `wasm` in a worker.
+    /// and compiles `wasm` in a worker, naming functions from `symbol_map` first and counting
+    /// the functions `count_also` lists whatever the cost model says.
     ///
     /// # Errors
     ///
@@ -140,9 +141,13 @@ impl Compiler {
         &self,
         _admission: &Admission,
         wasm: &[u8],
+        symbol_map: Option<&str>,
         instrument: bool,
+        time_every_call: bool,
+        count_also: &[u32],
     ) -> Result<Compiled, CompileError> {
-        self.run(wasm, instrument).await
+        self.run(wasm, symbol_map, instrument, time_every_call, count_also)
+            .await
     }
 
     /// Compiles a stored runnable module for this server's engine (one another server
@@ -153,10 +158,17 @@ impl Compiler {
     ///
     /// See [`CompileError`].
     pub async fn precompile(&self, wasm: &[u8]) -> Result<Compiled, CompileError> {
-        self.run(wasm, false).await
+        self.run(wasm, None, false, false, &[]).await
     }
 
-    async fn run(&self, wasm: &[u8], instrument: bool) -> Result<Compiled, CompileError> {
+    async fn run(
+        &self,
+        wasm: &[u8],
+        symbol_map: Option<&str>,
+        instrument: bool,
+        time_every_call: bool,
+        count_also: &[u32],
+    ) -> Result<Compiled, CompileError> {
         let _turn = self
             .compiling
             .clone()
@@ -168,6 +180,17 @@ impl Compiler {
         tokio::fs::write(&original, wasm)
             .await
             .map_err(worker_error)?;
+        if let Some(map) = symbol_map {
+            tokio::fs::write(dir.path.join(worker::SYMBOL_MAP), map)
+                .await
+                .map_err(worker_error)?;
+        }
+        if !count_also.is_empty() {
+            let ids: Vec<String> = count_also.iter().map(u32::to_string).collect();
+            tokio::fs::write(dir.path.join(worker::COUNT_ALSO), ids.join("\n"))
+                .await
+                .map_err(worker_error)?;
+        }
         let mut command = tokio::process::Command::new(&self.program);
         command
             .arg("compile-worker")
@@ -177,6 +200,9 @@ impl Compiler {
             .arg(self.settings.memory_limit_mb.to_string());
         if !instrument {
             command.arg("--validate-only");
+        }
+        if time_every_call {
+            command.arg("--time-every-call");
         }
         command
             .env(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use iota_instrument::{FunctionEntry, IfInstrumented, Options};
+use iota_instrument::{CallTiming, FunctionEntry, IfInstrumented, Options, SymbolMap, UnwindExits};
 use serde::{Deserialize, Serialize};
 use wasmtime::{Engine, Module};
 
@@ -17,6 +17,10 @@ pub const RUNNABLE: &str = "runnable.wasm";
 pub const ARTIFACT: &str = "module.cwasm";
 /// The upload, in the worker's directory.
 pub const INPUT: &str = "input.wasm";
+/// The upload's symbol map, if it came with one.
+pub const SYMBOL_MAP: &str = "symbols.map";
+/// Hook ids of functions to count though the cost model would time them, one a line.
+pub const COUNT_ALSO: &str = "count_also.txt";
 
 /// Scheduling priority of a worker: below the server's runs.
 const NICE: i32 = 10;
@@ -30,6 +34,9 @@ pub struct WorkerArgs {
     /// Only validate and name the functions; compile the input as it is.
     #[arg(long)]
     pub validate_only: bool,
+    /// Time every call, instead of counting the calls of provably short functions.
+    #[arg(long)]
+    pub time_every_call: bool,
     /// Address-space limit of this process, in MiB (0: none).
     #[arg(long, default_value_t = 0)]
     pub memory_limit_mb: u64,
@@ -106,7 +113,31 @@ fn confine(memory_limit_mb: u64) {
 fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
     let clock = Instant::now();
     let mut options = Options::new();
-    options.if_instrumented(IfInstrumented::PassThrough);
+    // In this host nothing outside a module can throw into it: its imports are WASI, the hooks,
+    // the Observe API or functions that trap, and its tables hold only its own functions and
+    // those. So only a module that throws itself needs the handlers that exit on unwind.
+    options
+        .if_instrumented(IfInstrumented::PassThrough)
+        .unwind_exits(UnwindExits::IfModuleUsesExceptions);
+    if args.time_every_call {
+        options.call_timing(CallTiming::EveryCall);
+    }
+    if let Ok(text) = std::fs::read_to_string(args.dir.join(COUNT_ALSO)) {
+        options.count_also(text.lines().filter_map(|line| line.trim().parse().ok()));
+    }
+    if let Ok(text) = std::fs::read_to_string(args.dir.join(SYMBOL_MAP)) {
+        match SymbolMap::parse(&text) {
+            Ok(map) => {
+                options.symbol_map(map);
+            }
+            Err(err) => {
+                return Ok(WorkerReport::Refused {
+                    stage: Stage::Instrument,
+                    message: err.to_string(),
+                });
+            }
+        }
+    }
     let out = match iota_instrument::instrument(wasm, &options) {
         Ok(out) => out,
         Err(err) => {

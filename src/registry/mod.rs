@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{InstancePre, Module};
 
 use crate::compile::{Admission, CompileError, Compiled, Compiler, Stage};
+use crate::learning::{LearnSettings, Learning};
 use crate::runtime::entry::EntryPoints;
 use crate::runtime::{RunState, Runtime};
 use crate::store::cache::Cache;
@@ -35,6 +36,7 @@ use crate::store::collect::Policy;
 use crate::store::local::write_atomic;
 use crate::store::{ContentKey, Expect, Pointers, Store, StoreError, Swap, Tag, dir_bytes};
 use crate::trace::SpanOverrides;
+use crate::trace::names::SourceLocation;
 
 /// What the registry knows about a stored module.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,8 +53,25 @@ pub struct ModuleInfo {
     pub runnable_size: usize,
     /// Defined functions.
     pub functions: usize,
-    /// Functions reporting enter/exit.
+    /// Functions reporting enter/exit, or counting their calls.
     pub traced_functions: usize,
+    /// Of those, functions whose calls are only counted, not timed (provably short).
+    #[serde(default)]
+    pub counted_functions: usize,
+    /// `counted` (provably short functions count their calls, the rest are timed: the
+    /// default) or `every_call` (every call timed).
+    #[serde(default = "every_call")]
+    pub timing: String,
+    /// Functions counted because earlier runs showed their calls short (see
+    /// [`crate::learning`]).
+    #[serde(default)]
+    pub learned_functions: usize,
+    /// 0 as uploaded; 1 once re-instrumented with what its runs taught.
+    #[serde(default)]
+    pub generation: u32,
+    /// Learn from its runs which calls to count (unless the server does not).
+    #[serde(default = "yes")]
+    pub learn: bool,
     /// How the module reports calls: `iota` (instrumented here), `preinstrumented` (it already
     /// called the hooks), or `none` (uploaded with `instrument=false`).
     pub tracing: Tracing,
@@ -61,6 +80,9 @@ pub struct ModuleInfo {
     pub entry: EntryPoints,
     /// Imports no host provides are linked as functions that trap if called.
     pub trap_unknown_imports: bool,
+    /// WASI calls are timed as host-call spans (unless the server turns them off for all).
+    #[serde(default = "yes")]
+    pub host_spans: bool,
     /// Upload time, seconds since the Unix epoch.
     pub uploaded_at: u64,
     /// Span limits chosen at upload (the server's apply to what is unset).
@@ -70,6 +92,14 @@ pub struct ModuleInfo {
 
 fn command() -> EntryPoints {
     EntryPoints::Command
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn every_call() -> String {
+    "every_call".into()
 }
 
 /// How a module's function calls reach the recorder.
@@ -91,6 +121,12 @@ pub struct UploadOptions {
     pub instrument: bool,
     /// Link unknown imports as trapping functions instead of refusing the module.
     pub trap_unknown_imports: bool,
+    /// Time WASI calls as host-call spans.
+    pub host_spans: bool,
+    /// Time every call of every function, rather than counting provably short ones.
+    pub time_every_call: bool,
+    /// Learn from the first runs which calls are short, and count those too.
+    pub learn: bool,
     /// Span limits for this module's runs.
     pub spans: SpanOverrides,
 }
@@ -103,6 +139,62 @@ pub struct LoadedModule {
     pub pre: InstancePre<RunState>,
     /// Function names indexed by hook id.
     pub names: Arc<[Option<String>]>,
+    /// Functions' source locations indexed by hook id (from DWARF).
+    pub locations: Arc<[Option<SourceLocation>]>,
+    /// Its WASI calls are timed as host calls (the module asks for it and the server allows).
+    pub host_spans: bool,
+    /// The counters of its counted functions.
+    pub counters: Vec<(u32, wasmtime::ModuleExport)>,
+    /// A run of it has started in this process (the next is no cold start).
+    pub warm: AtomicBool,
+    /// What its runs showed, while it is learning which calls are short.
+    pub learning: Option<Mutex<Learning>>,
+}
+
+impl LoadedModule {
+    /// Where learning which calls are short stands for this version (see
+    /// [`Learning::state`]): `learned` for a version made from what its predecessor learned,
+    /// `off` where it does not learn.
+    pub fn learning_state(&self) -> &'static str {
+        match &self.learning {
+            Some(learning) => lock(learning).state(),
+            None if self.info.generation > 0 => "learned",
+            None => "off",
+        }
+    }
+
+    /// Adds a finished run to what the version learns; the hook ids to count from now on,
+    /// once (see [`crate::learning`]).
+    pub fn observe(&self, trace: &crate::trace::TraceRecord) -> Option<Vec<u32>> {
+        lock(self.learning.as_ref()?).observe(trace)
+    }
+}
+
+/// Where a version being installed comes from.
+enum Origin<'a> {
+    /// An upload of `sha256` with `options`.
+    Upload {
+        sha256: String,
+        options: UploadOptions,
+    },
+    /// The version `from`, re-instrumented with what its runs taught.
+    Learned { from: &'a LoadedModule },
+}
+
+impl Origin<'_> {
+    fn options(&self) -> UploadOptions {
+        match self {
+            Origin::Upload { options, .. } => *options,
+            Origin::Learned { from } => UploadOptions {
+                instrument: true,
+                trap_unknown_imports: from.info.trap_unknown_imports,
+                host_spans: from.info.host_spans,
+                time_every_call: false,
+                learn: false,
+                spans: from.info.spans,
+            },
+        }
+    }
 }
 
 /// Why an upload failed.
@@ -202,6 +294,21 @@ struct Unverified {
     keys: Vec<ContentKey>,
 }
 
+/// A compiled version, linked and checked, with its names and function map written beside it.
+struct Prepared {
+    module: LoadedModule,
+    names_file: PathBuf,
+    functions_file: PathBuf,
+}
+
+/// Which version a switch replaces.
+enum Replacing<'a> {
+    /// Whatever the name holds when it switches (an upload).
+    Current,
+    /// Only the version with this tag (a version learned from it).
+    Only(&'a Tag),
+}
+
 /// A version that failed to load, and when to try it again.
 struct Failure {
     tag: Tag,
@@ -250,6 +357,7 @@ pub struct Registry {
     cache_changed: AtomicBool,
     health: Health,
     counters: StoreCounters,
+    learn: LearnSettings,
 }
 
 /// Checks a module name: `[A-Za-z0-9_.-]{1,64}`, not `.` or `..`.
@@ -291,6 +399,7 @@ impl Registry {
         store: Arc<dyn Store>,
         settings: RegistrySettings,
         runtime: Arc<Runtime>,
+        learn: LearnSettings,
         compiler: impl FnOnce(&Path) -> Compiler,
     ) -> Result<Self> {
         let mut hasher = DefaultHasher::new();
@@ -325,6 +434,7 @@ impl Registry {
                 last_error: Mutex::new((false, String::new())),
             },
             counters: StoreCounters::default(),
+            learn,
         };
         match registry.sync().await {
             Ok(()) => {}
@@ -431,6 +541,28 @@ impl Registry {
             .collect()
     }
 
+    /// The function map of `name`'s current version: every defined function, its id, names,
+    /// source location and how its calls are recorded (`None` for a module stored before
+    /// function maps were kept). Read from the store the first time it is asked for.
+    ///
+    /// # Errors
+    ///
+    /// If the store fails or the stored map cannot be read.
+    pub async fn function_map(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let Some(module) = self.get(name) else {
+            return Ok(None);
+        };
+        let key = ContentKey::Functions(module.info.runnable_sha256.clone());
+        let Some(file) = self.health(self.cache.file(self.store.as_ref(), &key).await)? else {
+            return Ok(None);
+        };
+        let map = std::fs::read(&file)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
+            .with_context(|| format!("reading {}", file.display()))?;
+        Ok(Some(map))
+    }
+
     /// Bytes in the data directory (the cache and compile scratch space; with a directory
     /// store, the modules too).
     pub fn disk_bytes(&self) -> u64 {
@@ -500,7 +632,8 @@ impl Registry {
 
     /// Instruments, compiles, links and stores `wasm` under `name`, replacing any previous
     /// version atomically. Runs in flight keep the version they started with; on any error the
-    /// previous version stays. `admission` is the upload's place in the compile queue.
+    /// previous version stays. `admission` is the upload's place in the compile queue; a
+    /// `symbol_map` (lines `INDEX:NAME`) names functions first.
     ///
     /// # Errors
     ///
@@ -510,19 +643,30 @@ impl Registry {
         admission: &Admission,
         name: &str,
         wasm: &[u8],
+        symbol_map: Option<&str>,
         options: UploadOptions,
     ) -> Result<(ModuleInfo, UploadTimings), UploadError> {
         self.ensure_available()?;
         let compiled = self
             .compiler
-            .compile(admission, wasm, options.instrument)
+            .compile(
+                admission,
+                wasm,
+                symbol_map,
+                options.instrument,
+                options.time_every_call,
+                &[],
+            )
             .await?;
         let clock = Instant::now();
-        let sha256 = sha256_hex(wasm);
-        let (module, names_file) =
-            tokio::task::block_in_place(|| self.prepare(name, sha256, &compiled, options))?;
-        let info = module.info.clone();
-        self.install(name, module, &compiled, &names_file).await?;
+        let origin = Origin::Upload {
+            sha256: sha256_hex(wasm),
+            options,
+        };
+        let prepared = tokio::task::block_in_place(|| self.prepare(name, &origin, &compiled))?;
+        let info = prepared.module.info.clone();
+        self.install(name, prepared, &compiled, Replacing::Current)
+            .await?;
         let timings = UploadTimings {
             instrument_ms: compiled.instrument_ms,
             compile_ms: compiled.compile_ms,
@@ -532,20 +676,21 @@ impl Registry {
         Ok((info, timings))
     }
 
-    /// Links and checks a compiled upload, and writes its names file beside it.
+    /// Links and checks a compiled version, and writes its names and function map beside it.
     fn prepare(
         &self,
         name: &str,
-        sha256: String,
+        origin: &Origin<'_>,
         compiled: &Compiled,
-        options: UploadOptions,
-    ) -> Result<(LoadedModule, PathBuf), UploadError> {
+    ) -> Result<Prepared, UploadError> {
         let runnable = std::fs::read(&compiled.runnable).context("reading the compiled module")?;
         let runnable_sha256 = sha256_hex(&runnable);
         let module = self.deserialize(&compiled.artifact)?;
+        let options = origin.options();
+        let host_spans = options.host_spans && self.runtime.host_spans();
         let pre = self
             .runtime
-            .prepare(&module, options.trap_unknown_imports)
+            .prepare(&module, options.trap_unknown_imports, host_spans)
             .map_err(|e| UploadError::Link(format!("{e:#}")))?;
         let entry = EntryPoints::of(&module).map_err(UploadError::NotRunnable)?;
         let tracing = match (options.instrument, compiled.passed_through) {
@@ -553,46 +698,108 @@ impl Registry {
             (true, true) => Tracing::Preinstrumented,
             (true, false) => Tracing::Iota,
         };
-        let names = names_by_id(&compiled.functions, tracing);
-        let names_file = compiled.artifact.with_file_name("names.json");
-        write_atomic(&names_file, &serde_json::to_vec(&names).context("names")?)?;
-        let info = ModuleInfo {
-            name: name.to_string(),
-            original_size: std::fs::metadata(&compiled.original).map_or(0, |m| m.len() as usize),
-            runnable_size: runnable.len(),
-            functions: compiled.functions.len(),
-            traced_functions: match tracing {
-                Tracing::None => 0,
-                _ => compiled.functions.iter().filter(|f| f.instrumented).count(),
-            },
-            tracing,
-            entry,
-            trap_unknown_imports: options.trap_unknown_imports,
-            spans: options.spans,
-            uploaded_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            sha256,
-            runnable_sha256,
+        let mut functions = compiled.functions.clone();
+        let counted = |functions: &[FunctionEntry]| match tracing {
+            Tracing::None => 0,
+            _ => functions.iter().filter(|f| f.timing.is_counted()).count(),
         };
-        Ok((
-            LoadedModule {
+        let info = match origin {
+            Origin::Upload { sha256, options } => ModuleInfo {
+                name: name.to_string(),
+                original_size: std::fs::metadata(&compiled.original)
+                    .map_or(0, |m| m.len() as usize),
+                runnable_size: runnable.len(),
+                functions: functions.len(),
+                traced_functions: match tracing {
+                    Tracing::None => 0,
+                    _ => functions.iter().filter(|f| f.instrumented).count(),
+                },
+                counted_functions: counted(&functions),
+                learned_functions: 0,
+                generation: 0,
+                learn: options.learn,
+                tracing,
+                entry,
+                trap_unknown_imports: options.trap_unknown_imports,
+                host_spans: options.host_spans,
+                timing: if options.time_every_call {
+                    every_call()
+                } else {
+                    "counted".into()
+                },
+                spans: options.spans,
+                uploaded_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                sha256: sha256.clone(),
+                runnable_sha256,
+            },
+            Origin::Learned { from } => {
+                // The same input and options give the same ids: the names stay the earlier
+                // version's (a symbol map sent at upload included).
+                for f in &mut functions {
+                    if let Some(Some(name)) = from.names.get(f.id as usize) {
+                        f.name = name.clone();
+                    }
+                }
+                ModuleInfo {
+                    runnable_size: runnable.len(),
+                    counted_functions: counted(&functions),
+                    learned_functions: functions
+                        .iter()
+                        .filter(|f| f.timing == iota_instrument::Timing::Learned)
+                        .count(),
+                    generation: from.info.generation + 1,
+                    entry,
+                    runnable_sha256,
+                    ..from.info.clone()
+                }
+            }
+        };
+        let (names, locations) = match origin {
+            Origin::Upload { .. } => split_names(names_by_id(&functions, tracing)),
+            Origin::Learned { from } => (from.names.clone(), from.locations.clone()),
+        };
+        let names_file = compiled.artifact.with_file_name("names.json");
+        write_atomic(
+            &names_file,
+            &serde_json::to_vec(&joined_names(&names, &locations)).context("names")?,
+        )?;
+        let functions_file = compiled.artifact.with_file_name("functions.json");
+        write_atomic(
+            &functions_file,
+            &serde_json::to_vec(&functions).context("function map")?,
+        )?;
+        Ok(Prepared {
+            module: LoadedModule {
+                learning: self.learning_for(&info),
                 info,
                 pre,
-                names: names.into(),
+                names,
+                locations,
+                host_spans,
+                counters: Runtime::counters(&module),
+                warm: AtomicBool::new(false),
             },
             names_file,
-        ))
+            functions_file,
+        })
     }
 
-    /// Writes an upload's content to the store, then switches `name` to it and serves it.
+    /// Writes a prepared version's content to the store, then switches `name` to it (from
+    /// whatever version, or only from one: `replacing`) and serves it.
     async fn install(
         &self,
         name: &str,
-        module: LoadedModule,
+        prepared: Prepared,
         compiled: &Compiled,
-        names_file: &Path,
+        replacing: Replacing<'_>,
     ) -> Result<(), UploadError> {
+        let Prepared {
+            module,
+            names_file,
+            functions_file,
+        } = prepared;
         let info = &module.info;
         let _installing = self.installing([&info.sha256, &info.runnable_sha256]);
         let runnable = &info.runnable_sha256;
@@ -608,7 +815,11 @@ impl Registry {
                 },
                 compiled.artifact.as_path(),
             ),
-            (ContentKey::Names(runnable.clone()), names_file),
+            (ContentKey::Names(runnable.clone()), names_file.as_path()),
+            (
+                ContentKey::Functions(runnable.clone()),
+                functions_file.as_path(),
+            ),
         ];
         // Uploaded with instrument=false (or already instrumented), it is its own runnable.
         if *runnable != info.sha256 {
@@ -637,7 +848,11 @@ impl Registry {
             ))
             .into());
         }
-        let tag = self.swap_version(name, Some(value)).await?;
+        let Swap::Done(tag) = self.swap_version(name, value, replacing).await? else {
+            return Err(UploadError::Internal(anyhow::anyhow!(
+                "`{name}` changed while its learned version was compiled"
+            )));
+        };
         let module = Arc::new(module);
         lock(&self.loaded).push(Arc::downgrade(&module));
         self.modules
@@ -653,18 +868,27 @@ impl Registry {
         Ok(())
     }
 
-    /// Sets `name`'s pointer to `value` by compare-and-swap against what it holds now,
-    /// retrying when another server switched it in between. Returns the new value's tag.
+    /// Sets `name`'s pointer to `value` by compare-and-swap: against what it holds now,
+    /// retrying when another server switched it in between, or only against one version's
+    /// tag ([`Swap::Conflict`] if it holds another). Returns the new value's tag.
     async fn swap_version(
         &self,
         name: &str,
-        value: Option<Bytes>,
-    ) -> Result<Option<Tag>, StoreError> {
+        value: Bytes,
+        replacing: Replacing<'_>,
+    ) -> Result<Swap, StoreError> {
+        let value = Some(value);
         for _ in 0..SWAP_ATTEMPTS {
-            let current = self.health(self.store.read(Pointers::Modules, name).await)?;
-            let expected = match &current {
-                Some(pointer) => Expect::Tag(&pointer.tag),
-                None => Expect::Absent,
+            let current = match replacing {
+                Replacing::Current => {
+                    self.health(self.store.read(Pointers::Modules, name).await)?
+                }
+                Replacing::Only(_) => None,
+            };
+            let expected = match (&replacing, &current) {
+                (Replacing::Only(tag), _) => Expect::Tag(tag),
+                (Replacing::Current, Some(pointer)) => Expect::Tag(&pointer.tag),
+                (Replacing::Current, None) => Expect::Absent,
             };
             match self
                 .store
@@ -673,7 +897,10 @@ impl Registry {
             {
                 Ok(Swap::Done(tag)) => {
                     self.health(Ok(()))?;
-                    return Ok(tag);
+                    return Ok(Swap::Done(tag));
+                }
+                Ok(Swap::Conflict) if matches!(replacing, Replacing::Only(_)) => {
+                    return Ok(Swap::Conflict);
                 }
                 Ok(Swap::Conflict) => continue,
                 Err(err) => {
@@ -682,7 +909,7 @@ impl Registry {
                     if let Ok(Some(now)) = self.store.read(Pointers::Modules, name).await
                         && now.value == value
                     {
-                        return Ok(Some(now.tag));
+                        return Ok(Swap::Done(Some(now.tag)));
                     }
                     return Err(self.failed(err));
                 }
@@ -691,6 +918,71 @@ impl Registry {
         Err(StoreError::Unavailable(format!(
             "module {name} kept being switched by other servers ({SWAP_ATTEMPTS} tries)"
         )))
+    }
+
+    /// The learning state of a new version, if it learns (see [`crate::learning`]).
+    fn learning_for(&self, info: &ModuleInfo) -> Option<Mutex<Learning>> {
+        let learns = self.learn.enabled
+            && info.learn
+            && info.generation == 0
+            && info.timing == "counted"
+            && info.tracing == Tracing::Iota;
+        learns.then(|| Mutex::new(Learning::new(self.learn)))
+    }
+
+    /// Re-instruments `name`'s version `from` with the functions `ids` counted, and makes it
+    /// the current version if `from` still is, in the store too (a compare-and-swap against
+    /// `from`'s pointer: of several servers learning from one version, the first to finish
+    /// switches it, and the others load that). Waits for no one: if the upload queue is full,
+    /// or anything fails, the version learns again from its next runs.
+    pub async fn learn(&self, name: &str, from: Arc<LoadedModule>, ids: Vec<u32>) {
+        let outcome = async {
+            let tag = self
+                .modules
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .filter(|current| Arc::ptr_eq(&current.module, &from))
+                .and_then(|current| current.tag.clone())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("`{name}` changed while its runs were learned from")
+                })?;
+            let admission = self.compiler.admit()?;
+            let key = ContentKey::Wasm(from.info.sha256.clone());
+            let original = self
+                .cache
+                .file(self.store.as_ref(), &key)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{} is missing from the store", key.path()))?;
+            let wasm = tokio::fs::read(&original)
+                .await
+                .with_context(|| format!("reading {}", original.display()))?;
+            let compiled = self
+                .compiler
+                .compile(&admission, &wasm, None, true, false, &ids)
+                .await?;
+            let origin = Origin::Learned { from: &from };
+            let prepared = tokio::task::block_in_place(|| self.prepare(name, &origin, &compiled))?;
+            self.install(name, prepared, &compiled, Replacing::Only(&tag))
+                .await
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                tracing::info!(
+                    module = name,
+                    learned = ids.len(),
+                    "counting short calls learned from runs"
+                );
+                self.collect_garbage().await;
+            }
+            Err(err) => {
+                tracing::warn!(module = name, "learning short calls: {err}");
+                if let Some(learning) = &from.learning {
+                    lock(learning).retry();
+                }
+            }
+        }
     }
 
     /// Marks content as being installed until the guard drops, so no collection removes it
@@ -773,8 +1065,39 @@ impl Registry {
     }
 }
 
-/// Function names indexed by hook id (none for a module that reports no calls).
-fn names_by_id(functions: &[FunctionEntry], tracing: Tracing) -> Vec<Option<String>> {
+/// A function's name as `names.json` keeps it: the name alone (as older versions wrote), or
+/// with its source location.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredName {
+    Plain(String),
+    Located {
+        name: String,
+        #[serde(flatten)]
+        location: SourceLocation,
+    },
+}
+
+/// Names and locations as `names.json` keeps them.
+fn joined_names(
+    names: &[Option<String>],
+    locations: &[Option<SourceLocation>],
+) -> Vec<Option<StoredName>> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(id, name)| {
+            let name = name.clone()?;
+            Some(match locations.get(id).cloned().flatten() {
+                Some(location) => StoredName::Located { name, location },
+                None => StoredName::Plain(name),
+            })
+        })
+        .collect()
+}
+
+/// Function names and locations indexed by hook id (none for a module that reports no calls).
+fn names_by_id(functions: &[FunctionEntry], tracing: Tracing) -> Vec<Option<StoredName>> {
     if tracing == Tracing::None {
         return Vec::new();
     }
@@ -785,9 +1108,34 @@ fn names_by_id(functions: &[FunctionEntry], tracing: Tracing) -> Vec<Option<Stri
         .unwrap_or(0);
     let mut by_id = vec![None; len];
     for f in functions {
-        by_id[f.id as usize] = Some(f.name.clone());
+        by_id[f.id as usize] = Some(match &f.file {
+            Some(file) => StoredName::Located {
+                name: f.name.clone(),
+                location: SourceLocation {
+                    file: file.clone(),
+                    line: f.line,
+                    column: f.column,
+                },
+            },
+            None => StoredName::Plain(f.name.clone()),
+        });
     }
     by_id
+}
+
+type NameTables = (Arc<[Option<String>]>, Arc<[Option<SourceLocation>]>);
+
+/// The names and the locations, apart.
+fn split_names(stored: Vec<Option<StoredName>>) -> NameTables {
+    let (names, locations): (Vec<_>, Vec<_>) = stored
+        .into_iter()
+        .map(|entry| match entry {
+            Some(StoredName::Plain(name)) => (Some(name), None),
+            Some(StoredName::Located { name, location }) => (Some(name), Some(location)),
+            None => (None, None),
+        })
+        .unzip();
+    (names.into(), locations.into())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -11,9 +11,10 @@ use futures_util::StreamExt;
 use wasmtime::Module;
 
 use super::{
-    Current, Failure, LoadedModule, ModuleInfo, Registry, Seen, Unverified, is_sha256, lock,
-    validate_name,
+    Current, Failure, LoadedModule, ModuleInfo, Registry, Seen, StoredName, Unverified, is_sha256,
+    lock, split_names, validate_name,
 };
+use crate::runtime::Runtime;
 use crate::runtime::entry::EntryPoints;
 use crate::store::collect::{self, Collected, LEASE_REFRESH, Lease, VersionRefs};
 use crate::store::{ContentKey, Expect, Pointers, StoreError, Tag};
@@ -173,17 +174,26 @@ impl Registry {
             .file(self.store.as_ref(), &names_key)
             .await?
             .ok_or_else(|| anyhow!("{} is missing from the store", names_key.path()))?;
-        let names: Vec<Option<String>> = std::fs::read(&names_file)
+        let names: Vec<Option<StoredName>> = std::fs::read(&names_file)
             .map_err(anyhow::Error::from)
             .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
             .with_context(|| format!("reading {}", names_file.display()))?;
+        let (names, locations) = split_names(names);
         let module = self.compiled(&info.runnable_sha256).await?;
-        let pre = self.runtime.prepare(&module, info.trap_unknown_imports)?;
+        let host_spans = info.host_spans && self.runtime.host_spans();
+        let pre = self
+            .runtime
+            .prepare(&module, info.trap_unknown_imports, host_spans)?;
         info.entry = EntryPoints::of(&module).map_err(anyhow::Error::msg)?;
         Ok(LoadedModule {
+            learning: self.learning_for(&info),
             info,
             pre,
-            names: names.into(),
+            names,
+            locations,
+            host_spans,
+            counters: Runtime::counters(&module),
+            warm: AtomicBool::new(false),
         })
     }
 

@@ -7,7 +7,9 @@
 
 pub mod entry;
 pub mod limiter;
+pub mod observe;
 pub mod stdio;
+pub mod wasi;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,8 +19,8 @@ use anyhow::Result;
 use bytes::Bytes;
 use iota_instrument as abi;
 use wasmtime::{
-    Caller, Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, Store, Trap, WasmBacktrace,
+    Caller, Config, Enabled, Engine, Extern, Instance, InstanceAllocationStrategy, InstancePre,
+    Linker, Module, ModuleExport, PoolingAllocationConfig, Store, Trap, WasmBacktrace,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::AsyncStdinStream;
@@ -59,6 +61,8 @@ pub struct RunLimits {
     pub max_events: usize,
     /// Runs executing at once (sizes the instance pool).
     pub concurrency: usize,
+    /// WASI calls may be timed as host-call spans (modules may still opt out).
+    pub host_spans: bool,
 }
 
 impl RunLimits {
@@ -71,14 +75,18 @@ impl RunLimits {
             stderr: config.max_stderr,
             max_events: config.max_events,
             concurrency: config.max_concurrent_runs,
+            host_spans: config.host_spans,
         }
     }
 }
 
-/// The engine and linker shared by every module and run.
+/// The engine and linkers shared by every module and run.
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<RunState>,
+    /// WASI with every call timed as a host call.
+    traced: Linker<RunState>,
+    /// WASI as it is.
+    plain: Linker<RunState>,
     limits: RunLimits,
 }
 
@@ -96,6 +104,12 @@ pub struct Invocation<'a> {
     pub stdin: AsyncStdinStream,
     /// Hook ids the recorder accepts are below this.
     pub functions: usize,
+    /// The module was linked with WASI calls timed (see [`Runtime::prepare`]).
+    pub host_spans: bool,
+    /// Log calls for spans (a sampled run); else keep the per-function totals only.
+    pub record_calls: bool,
+    /// The module's call counters (functions counted, not timed), by hook id.
+    pub counters: &'a [(u32, ModuleExport)],
     /// Calls shorter than this count in the aggregates only.
     pub min_span_ns: u64,
 }
@@ -167,9 +181,14 @@ impl Runtime {
                 Engine::new(&config)?
             }
         };
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut RunState| &mut s.wasi)?;
-        link_hooks(&mut linker, |s: &mut RunState| &mut s.recorder)?;
+        let mut traced = Linker::new(&engine);
+        wasi::add_traced_wasi(&mut traced)?;
+        let mut plain = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut plain, |s: &mut RunState| &mut s.wasi)?;
+        for linker in [&mut traced, &mut plain] {
+            link_hooks(linker, |s: &mut RunState| &mut s.recorder)?;
+            observe::add_observe_api(linker)?;
+        }
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("iota-epoch".into())
@@ -182,7 +201,8 @@ impl Runtime {
             })?;
         Ok(Arc::new(Runtime {
             engine,
-            linker,
+            traced,
+            plain,
             limits,
         }))
     }
@@ -197,8 +217,30 @@ impl Runtime {
         &self.limits
     }
 
-    /// Links `module` once for all its runs. With `trap_unknown_imports`, imports that neither
-    /// WASI nor the hooks provide are defined as functions that trap when called.
+    /// Whether WASI calls may be timed as host-call spans.
+    pub fn host_spans(&self) -> bool {
+        self.limits.host_spans
+    }
+
+    /// The counters of `module`'s counted functions: hook id and export, for
+    /// [`Invocation::counters`].
+    pub fn counters(module: &Module) -> Vec<(u32, ModuleExport)> {
+        module
+            .exports()
+            .filter_map(|export| {
+                let id = export
+                    .name()
+                    .strip_prefix(abi::COUNTER_EXPORT_PREFIX)?
+                    .parse()
+                    .ok()?;
+                Some((id, module.get_export_index(export.name())?))
+            })
+            .collect()
+    }
+
+    /// Links `module` once for all its runs: with every WASI call timed as a host call when
+    /// `host_spans`. With `trap_unknown_imports`, imports that neither WASI, the hooks nor the
+    /// Observe API provide are defined as functions that trap when called.
     ///
     /// # Errors
     ///
@@ -207,13 +249,19 @@ impl Runtime {
         &self,
         module: &Module,
         trap_unknown_imports: bool,
+        host_spans: bool,
     ) -> Result<InstancePre<RunState>> {
+        let linker = if host_spans {
+            &self.traced
+        } else {
+            &self.plain
+        };
         if trap_unknown_imports {
-            let mut linker = self.linker.clone();
+            let mut linker = linker.clone();
             linker.define_unknown_imports_as_traps(module)?;
             return Ok(linker.instantiate_pre(module)?);
         }
-        Ok(self.linker.instantiate_pre(module)?)
+        Ok(linker.instantiate_pre(module)?)
     }
 
     /// Runs `invocation` in a fresh store until it ends, its deadline passes, or `cancelled`
@@ -241,7 +289,16 @@ impl Runtime {
             wasi,
             recorder: Recorder::with_budget(
                 invocation.functions,
-                self.limits.max_events,
+                if invocation.host_spans {
+                    wasi::WASI_FUNCTIONS.len()
+                } else {
+                    0
+                },
+                if invocation.record_calls {
+                    self.limits.max_events
+                } else {
+                    0
+                },
                 invocation.min_span_ns,
                 budget.clone(),
             ),
@@ -254,14 +311,18 @@ impl Runtime {
 
         let started = SystemTime::now();
         store.data_mut().recorder.start();
+        let mut instance = None;
         let ending = {
-            let guest = call(&mut store, invocation.pre, invocation.call);
+            let guest = call(&mut store, invocation.pre, invocation.call, &mut instance);
             tokio::select! {
                 result = guest => result,
                 () = tokio::time::sleep(self.limits.timeout) => Ending::Timeout,
                 cancel = cancelled => Ending::Cancelled(cancel),
             }
         };
+        if let Some(instance) = instance {
+            read_counters(&mut store, instance, invocation.counters);
+        }
         // The run ends on the recorder's clock, so no event can fall after it.
         let mut recorder = store.into_data().recorder;
         let run_ns = recorder.now();
@@ -281,12 +342,37 @@ impl Runtime {
     }
 }
 
-/// Instantiates the module and calls what the run asked for.
-async fn call(store: &mut Store<RunState>, pre: &InstancePre<RunState>, call: &Call) -> Ending {
+/// Adds the calls the module counted (in its exported counter globals) to the recorder's
+/// totals.
+fn read_counters(
+    store: &mut Store<RunState>,
+    instance: Instance,
+    counters: &[(u32, ModuleExport)],
+) {
+    for (id, export) in counters {
+        let count = match instance.get_module_export(&mut *store, export) {
+            Some(Extern::Global(global)) => global.get(&mut *store).i64(),
+            _ => None,
+        };
+        if let Some(count) = count.filter(|c| *c > 0) {
+            store.data_mut().recorder.count_calls(*id, count as u64);
+        }
+    }
+}
+
+/// Instantiates the module and calls what the run asked for; the instance, once made, is left
+/// in `made` (for its counters, however the call ends).
+async fn call(
+    store: &mut Store<RunState>,
+    pre: &InstancePre<RunState>,
+    call: &Call,
+    made: &mut Option<Instance>,
+) -> Ending {
     let instance = match pre.instantiate_async(&mut *store).await {
         Ok(instance) => instance,
         Err(error) => return instantiation_ending(error),
     };
+    *made = Some(instance);
     let result = async {
         match call {
             Call::Start => {
@@ -409,6 +495,17 @@ pub fn link_hooks<T: 'static>(
         })?;
     }
     Ok(())
+}
+
+/// A store's state for tests of the linkers.
+#[cfg(test)]
+fn test_state() -> RunState {
+    let budget = Arc::new(MemoryBudget::new(usize::MAX));
+    RunState {
+        wasi: WasiCtxBuilder::new().build_p1(),
+        recorder: Recorder::new(0, 16, 0),
+        limiter: BudgetLimiter::new(budget),
+    }
 }
 
 #[cfg(test)]

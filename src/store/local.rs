@@ -1,7 +1,8 @@
 //! The store in a data directory that belongs to one server (the default).
 //!
 //! Content files and pointers are laid out as in [`super`]: `modules/<name>.json`,
-//! `blobs/<sha256>.wasm`, `blobs/<sha256>.names.json`, `compiled/<sha256>-<engine>.cwasm`.
+//! `blobs/<sha256>.wasm`, `blobs/<sha256>.names.json`, `blobs/<sha256>.functions.json`,
+//! `compiled/<sha256>-<engine>.cwasm`.
 //! Every file is written under a temporary name, flushed and renamed into place, so a crash
 //! leaves the previous value or the new one, never a partial file that is read; what
 //! interrupted writes left is removed when the store is opened. A pointer's tag is a hash of its

@@ -5,6 +5,7 @@
 //! modules/<name>.json                  the name's current version (its pointer); swapping it is the switch
 //! blobs/<sha256>.wasm                  original and runnable modules, by content
 //! blobs/<sha256>.names.json            function names by hook id, of a runnable module
+//! blobs/<sha256>.functions.json        the function map of a runnable module
 //! compiled/<sha256>-<engine>.cwasm     precompiled code, by runnable module and engine compatibility
 //! nodes/<instance>.json                a server's lease: the content its loaded versions use
 //! ```
@@ -35,6 +36,8 @@ pub enum ContentKey {
     Wasm(String),
     /// Function names by hook id of runnable module `sha` (`blobs/<sha>.names.json`).
     Names(String),
+    /// The function map of runnable module `sha` (`blobs/<sha>.functions.json`).
+    Functions(String),
     /// Runnable module `sha` compiled for engine `engine` (`compiled/<sha>-<engine>.cwasm`).
     Artifact {
         /// SHA-256 of the runnable module.
@@ -50,6 +53,7 @@ impl ContentKey {
         match self {
             ContentKey::Wasm(sha) => format!("blobs/{sha}.wasm"),
             ContentKey::Names(sha) => format!("blobs/{sha}.names.json"),
+            ContentKey::Functions(sha) => format!("blobs/{sha}.functions.json"),
             ContentKey::Artifact { sha, engine } => format!("compiled/{sha}-{engine}.cwasm"),
         }
     }
@@ -61,6 +65,8 @@ impl ContentKey {
             "blobs" => {
                 if let Some(sha) = file.strip_suffix(".names.json") {
                     ContentKey::Names(sha.to_string())
+                } else if let Some(sha) = file.strip_suffix(".functions.json") {
+                    ContentKey::Functions(sha.to_string())
                 } else {
                     ContentKey::Wasm(file.strip_suffix(".wasm")?.to_string())
                 }
@@ -83,7 +89,7 @@ impl ContentKey {
     /// The hash of the module the content belongs to: what versions refer to.
     pub fn sha(&self) -> &str {
         match self {
-            ContentKey::Wasm(sha) | ContentKey::Names(sha) => sha,
+            ContentKey::Wasm(sha) | ContentKey::Names(sha) | ContentKey::Functions(sha) => sha,
             ContentKey::Artifact { sha, .. } => sha,
         }
     }
@@ -263,6 +269,7 @@ mod tests {
         for key in [
             ContentKey::Wasm("ab12".into()),
             ContentKey::Names("ab12".into()),
+            ContentKey::Functions("ab12".into()),
             ContentKey::Artifact {
                 sha: "ab12".into(),
                 engine: "00ff".into(),

@@ -67,6 +67,8 @@ impl S3Store {
         {
             anyhow::bail!("--store {url:?}: the prefix must be plain path segments");
         }
+        // TLS to the store goes through rustls with ring, as the OTLP exporter's does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let millis = format!("{}ms", timeout.as_millis().max(1));
         let client = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)

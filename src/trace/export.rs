@@ -10,16 +10,21 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use opentelemetry::trace::{SpanContext, Status, TraceFlags, TraceState};
+use opentelemetry::trace::{SpanContext, Status, TraceFlags};
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter as _;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+use opentelemetry_sdk::logs::{
+    LogBatch, LogExporter as _, SdkLogRecord, SdkLogger, SdkLoggerProvider,
+};
+
 use super::TraceRecord;
 use super::metrics::FunctionMetrics;
+use super::transport::{TlsFiles, Transport};
 use crate::config::OtlpProtocol;
 
 /// Traces waiting for export; past this, new ones are dropped.
@@ -43,6 +48,10 @@ pub struct ExportStats {
     pub metric_exports: AtomicU64,
     /// Metric exports that failed.
     pub failed_metric_exports: AtomicU64,
+    /// Guest log records the collector accepted.
+    pub exported_logs: AtomicU64,
+    /// Guest log records in failed exports.
+    pub failed_logs: AtomicU64,
 }
 
 /// Sends traces to an OTLP collector from a background thread.
@@ -70,38 +79,19 @@ impl Exporter {
             .build()
             .context("starting the exporter runtime")?;
         let temporality = temporality();
-        let (mut exporter, metric_exporter) = runtime.block_on(async {
-            match protocol {
-                OtlpProtocol::HttpProtobuf => Ok::<_, anyhow::Error>((
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_endpoint(signal_endpoint(endpoint, "traces"))
-                        .build()?,
-                    opentelemetry_otlp::MetricExporter::builder()
-                        .with_http()
-                        .with_endpoint(signal_endpoint(endpoint, "metrics"))
-                        .with_temporality(temporality)
-                        .build()?,
-                )),
-                OtlpProtocol::Grpc => Ok((
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(endpoint)
-                        .build()?,
-                    opentelemetry_otlp::MetricExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(endpoint)
-                        .with_temporality(temporality)
-                        .build()?,
-                )),
-            }
+        let transport = Transport::new(endpoint, protocol, TlsFiles::from_env()?)?;
+        let (mut spans, metrics, mut logs) = runtime.block_on(async {
+            Ok::<_, anyhow::Error>((
+                transport.spans()?,
+                transport.metrics(temporality)?,
+                transport.logs()?,
+            ))
         })?;
-        let resource = Resource::builder()
-            .with_service_name(service_name())
-            .with_attribute(KeyValue::new("service.instance.id", instance.to_string()))
-            .build();
-        exporter.set_resource(&resource);
-        let metrics = FunctionMetrics::new(resource, temporality);
+        let resource = base_resource(instance).build();
+        spans.set_resource(&resource);
+        logs.set_resource(&resource);
+        let function_metrics = FunctionMetrics::new(resource, temporality);
+        let instance = instance.to_string();
         let stats = Arc::new(ExportStats::default());
         let (queue, traces) = mpsc::sync_channel(QUEUE);
         let worker_stats = stats.clone();
@@ -112,10 +102,13 @@ impl Exporter {
             .spawn(move || {
                 runtime.block_on(export_loop(
                     Sinks {
-                        spans: exporter,
-                        metrics: metric_exporter,
-                        function_metrics: metrics,
+                        spans,
+                        metrics,
+                        logs,
+                        logger: SdkLoggerProvider::builder().build().logger("iota"),
+                        function_metrics,
                         metrics_interval: metrics_interval(),
+                        instance,
                     },
                     traces,
                     &worker_stats,
@@ -161,6 +154,28 @@ impl Drop for Exporter {
     }
 }
 
+/// The resource of everything the server exports: its service name, its instance (and
+/// whatever `OTEL_RESOURCE_ATTRIBUTES` adds).
+fn base_resource(instance: &str) -> opentelemetry_sdk::resource::ResourceBuilder {
+    Resource::builder()
+        .with_service_name(service_name())
+        .with_attribute(KeyValue::new("service.instance.id", instance.to_string()))
+}
+
+/// The resource of a module version's spans and logs: the server's, with the function it ran
+/// (`faas.name`: the module; `faas.version`: the start of its SHA-256).
+fn function_resource(instance: &str, trace: &TraceRecord) -> Resource {
+    base_resource(instance)
+        .with_attributes([
+            KeyValue::new("faas.name", trace.module.clone()),
+            KeyValue::new(
+                "faas.version",
+                trace.version.chars().take(12).collect::<String>(),
+            ),
+        ])
+        .build()
+}
+
 /// `OTEL_SERVICE_NAME`, else `iota`.
 fn service_name() -> String {
     std::env::var("OTEL_SERVICE_NAME")
@@ -186,23 +201,18 @@ fn temporality() -> Temporality {
     }
 }
 
-/// The OTLP/HTTP base endpoint gets the signal path (`traces`, `metrics`), as the
-/// specification asks; an endpoint that already names a signal path is kept.
-fn signal_endpoint(endpoint: &str, signal: &str) -> String {
-    let base = endpoint.trim_end_matches('/');
-    let base = base
-        .strip_suffix("/v1/traces")
-        .or_else(|| base.strip_suffix("/v1/metrics"))
-        .unwrap_or(base);
-    format!("{base}/v1/{signal}")
-}
-
 /// Where the export thread sends things.
 struct Sinks {
     spans: opentelemetry_otlp::SpanExporter,
     metrics: opentelemetry_otlp::MetricExporter,
+    /// The guest's log records go here, correlated with their spans.
+    logs: opentelemetry_otlp::LogExporter,
+    /// Makes log records (it has no processor: the export thread sends them itself).
+    logger: SdkLogger,
     function_metrics: FunctionMetrics,
     metrics_interval: Duration,
+    /// The server's `service.instance.id`.
+    instance: String,
 }
 
 async fn export_loop(
@@ -226,15 +236,28 @@ async fn export_loop(
         let wait = next_metrics.saturating_duration_since(Instant::now());
         match traces.recv_timeout(wait) {
             Ok(trace) => {
-                sinks.function_metrics.record(&trace);
-                let mut spans = span_data(&trace);
-                while spans.len() < BATCH_SPANS
+                let mut batch = vec![trace];
+                let mut span_count = batch[0].span_count();
+                while span_count < BATCH_SPANS
                     && let Ok(trace) = traces.try_recv()
                 {
-                    sinks.function_metrics.record(&trace);
-                    spans.extend(span_data(&trace));
+                    span_count += trace.span_count();
+                    batch.push(trace);
                 }
-                export_spans(&sinks.spans, spans, stats).await;
+                for trace in &batch {
+                    sinks.function_metrics.record(trace);
+                }
+                // Each module version is a function of its own: its resource says which.
+                batch.retain(|trace| trace.sampled);
+                batch.sort_by(|a, b| (&a.module, &a.version).cmp(&(&b.module, &b.version)));
+                for group in batch.chunk_by(|a, b| a.module == b.module && a.version == b.version) {
+                    let resource = function_resource(&sinks.instance, &group[0]);
+                    sinks.spans.set_resource(&resource);
+                    sinks.logs.set_resource(&resource);
+                    let spans = group.iter().flat_map(|t| span_data(t, false)).collect();
+                    export_spans(&sinks.spans, spans, stats).await;
+                    export_logs(&sinks, group, stats).await;
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -247,6 +270,7 @@ async fn export_loop(
     export_metrics(&mut sinks, stats).await;
     let _ = sinks.spans.shutdown();
     let _ = sinks.metrics.shutdown();
+    let _ = sinks.logs.shutdown();
     sinks.function_metrics.shutdown();
 }
 
@@ -269,6 +293,60 @@ async fn export_spans(
     }
 }
 
+/// Sends the guest's log records of `traces`, each with its trace and span.
+async fn export_logs(sinks: &Sinks, traces: &[Arc<TraceRecord>], stats: &ExportStats) {
+    let scope = InstrumentationScope::builder("iota")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let records: Vec<SdkLogRecord> = traces
+        .iter()
+        .filter(|trace| trace.sampled)
+        .flat_map(|trace| {
+            trace.guest_logs().into_iter().map(|log| {
+                let mut record = sinks.logger.create_log_record();
+                record.set_timestamp(log.time);
+                record.set_observed_timestamp(log.time);
+                record.set_severity_text(log.severity.text);
+                if let Some(severity) = severity(log.severity.number) {
+                    record.set_severity_number(severity);
+                }
+                record.set_body(AnyValue::String(log.message.into()));
+                record.set_trace_context(trace.trace_id, log.span_id, Some(TraceFlags::SAMPLED));
+                record.add_attribute("iota.module", trace.module.clone());
+                record
+            })
+        })
+        .collect();
+    if records.is_empty() {
+        return;
+    }
+    let batch: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+        records.iter().map(|r| (r, &scope)).collect();
+    match sinks.logs.export(LogBatch::new(&batch)).await {
+        Ok(()) => stats
+            .exported_logs
+            .fetch_add(records.len() as u64, Ordering::Relaxed),
+        Err(err) => {
+            tracing::warn!(%err, logs = records.len(), "OTLP log export failed");
+            stats
+                .failed_logs
+                .fetch_add(records.len() as u64, Ordering::Relaxed)
+        }
+    };
+}
+
+/// The OpenTelemetry severity of a severity number.
+fn severity(number: i32) -> Option<Severity> {
+    Some(match number {
+        1 => Severity::Trace,
+        5 => Severity::Debug,
+        9 => Severity::Info,
+        13 => Severity::Warn,
+        17 => Severity::Error,
+        _ => return None,
+    })
+}
+
 async fn export_metrics(sinks: &mut Sinks, stats: &ExportStats) {
     let Some(metrics) = sinks.function_metrics.collect() else {
         return;
@@ -282,8 +360,9 @@ async fn export_metrics(sinks: &mut Sinks, stats: &ExportStats) {
     };
 }
 
-/// The OTLP form of a trace's spans.
-pub fn span_data(trace: &TraceRecord) -> Vec<SpanData> {
+/// The OTLP form of a trace's spans; the guest's log records stay span events only with
+/// `log_events` (they are exported as log records otherwise).
+pub fn span_data(trace: &TraceRecord, log_events: bool) -> Vec<SpanData> {
     let scope = InstrumentationScope::builder("iota")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
@@ -297,7 +376,7 @@ pub fn span_data(trace: &TraceRecord) -> Vec<SpanData> {
                 span.span_id,
                 TraceFlags::SAMPLED,
                 false,
-                TraceState::default(),
+                trace.trace_state.clone(),
             ),
             parent_span_id: span
                 .parent_span_id
@@ -314,6 +393,7 @@ pub fn span_data(trace: &TraceRecord) -> Vec<SpanData> {
                 events.events = span
                     .events
                     .into_iter()
+                    .filter(|e| log_events || e.name != "log")
                     .map(|e| opentelemetry::trace::Event::new(e.name, e.time, e.attributes, 0))
                     .collect();
                 events

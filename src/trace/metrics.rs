@@ -10,13 +10,18 @@
 //! - `iota.function.max_duration` (gauge, seconds): the longest call since the last collection.
 //!
 //! and `iota.runs` (counter, by `iota.module` and `iota.run.outcome`).
+//!
+//! Metric lines a guest sends through the Observe API (statsd) become instruments of their own
+//! name, with `iota.module` and the line's tags as attributes: `c` a counter, `g` a gauge,
+//! `ms`/`h`/`d` a histogram. At most [`MAX_GUEST_METRICS`] names per server; lines past that,
+//! or that do not parse, are dropped and counted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, MeterProvider as _};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -25,8 +30,73 @@ use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
 
+use super::names::{CallKind, CallNames};
+use super::observe::{MetricKind, parse_statsd};
 use super::recorder::Aggregate;
 use super::{Ending, TraceRecord};
+
+/// Distinct guest metric names the server exports.
+pub const MAX_GUEST_METRICS: usize = 256;
+
+/// Instruments made for the guests' own metric lines, by name.
+#[derive(Default)]
+struct GuestInstruments {
+    counters: HashMap<String, Counter<f64>>,
+    gauges: HashMap<String, Gauge<f64>>,
+    histograms: HashMap<String, Histogram<f64>>,
+    dropped: u64,
+}
+
+impl GuestInstruments {
+    fn names(&self) -> usize {
+        self.counters.len() + self.gauges.len() + self.histograms.len()
+    }
+
+    /// Records one line of `module`'s guest.
+    fn record(&mut self, meter: &Meter, module: &str, line: &str) {
+        let metric = match parse_statsd(line) {
+            Ok(metric) => metric,
+            Err(err) => {
+                tracing::debug!(module, "guest metric dropped: {err}");
+                self.dropped += 1;
+                return;
+            }
+        };
+        let mut attributes = vec![KeyValue::new("iota.module", module.to_string())];
+        attributes.extend(metric.tags.into_iter().map(|(k, v)| KeyValue::new(k, v)));
+        let room = self.names() < MAX_GUEST_METRICS;
+        let name = metric.name;
+        match metric.kind {
+            MetricKind::Counter => match self.counters.get(&name) {
+                Some(counter) => counter.add(metric.value, &attributes),
+                None if room => {
+                    let counter = meter.f64_counter(name.clone()).build();
+                    counter.add(metric.value, &attributes);
+                    self.counters.insert(name, counter);
+                }
+                None => self.dropped += 1,
+            },
+            MetricKind::Gauge => match self.gauges.get(&name) {
+                Some(gauge) => gauge.record(metric.value, &attributes),
+                None if room => {
+                    let gauge = meter.f64_gauge(name.clone()).build();
+                    gauge.record(metric.value, &attributes);
+                    self.gauges.insert(name, gauge);
+                }
+                None => self.dropped += 1,
+            },
+            MetricKind::Histogram => match self.histograms.get(&name) {
+                Some(histogram) => histogram.record(metric.value, &attributes),
+                None if room => {
+                    let histogram = meter.f64_histogram(name.clone()).build();
+                    histogram.record(metric.value, &attributes);
+                    self.histograms.insert(name, histogram);
+                }
+                None => self.dropped += 1,
+            },
+        }
+    }
+}
 
 /// Run totals waiting for the next collection, and the instruments they feed.
 pub struct FunctionMetrics {
@@ -38,13 +108,18 @@ pub struct FunctionMetrics {
     self_time: Counter<f64>,
     max_duration: Gauge<f64>,
     runs: Counter<u64>,
+    meter: Meter,
+    guest: GuestInstruments,
 }
 
 /// One module version's totals since the last collection.
 struct ModuleTotals {
     module: String,
-    names: Arc<[Option<String>]>,
+    names: CallNames,
+    /// Functions and host calls, by id (the same ids in every run of the version).
     functions: HashMap<u32, Aggregate>,
+    /// Manual spans, by name (their ids are per run).
+    manual: HashMap<String, Aggregate>,
     runs: HashMap<&'static str, u64>,
 }
 
@@ -94,6 +169,8 @@ impl FunctionMetrics {
             provider,
             reader,
             pending: HashMap::new(),
+            meter,
+            guest: GuestInstruments::default(),
         }
     }
 
@@ -102,16 +179,28 @@ impl FunctionMetrics {
         let names = trace.names();
         let totals = self
             .pending
-            .entry(Arc::as_ptr(names).cast::<u8>() as usize)
+            .entry(Arc::as_ptr(names.module()).cast::<u8>() as usize)
             .or_insert_with(|| ModuleTotals {
                 module: trace.module.clone(),
                 names: names.clone(),
                 functions: HashMap::new(),
+                manual: HashMap::new(),
                 runs: HashMap::new(),
             });
         *totals.runs.entry(outcome(trace.ending())).or_default() += 1;
+        for line in trace.metric_lines() {
+            self.guest.record(&self.meter, &trace.module, &line.line);
+        }
         for (id, run) in trace.function_totals() {
-            let sum = totals.functions.entry(id).or_default();
+            let sum = match names.kind(id) {
+                CallKind::Manual(_) => totals.manual.entry(names.name(id)).or_default(),
+                _ => totals.functions.entry(id).or_default(),
+            };
+            // A counted function's totals hold calls only (its time is in its callers').
+            if trace.is_counted(id) {
+                sum.calls += run.calls;
+                continue;
+            }
             sum.calls += run.calls;
             sum.total_ns += run.total_ns;
             sum.self_ns += run.self_ns;
@@ -133,18 +222,19 @@ impl FunctionMetrics {
                     &[module.clone(), KeyValue::new("iota.run.outcome", *outcome)],
                 );
             }
-            for (id, sum) in &totals.functions {
-                let attributes = [
-                    module.clone(),
-                    KeyValue::new(
-                        "code.function.name",
-                        super::function_name(&totals.names, *id),
-                    ),
-                ];
+            let named = totals
+                .functions
+                .iter()
+                .map(|(id, sum)| (totals.names.name(*id), sum))
+                .chain(totals.manual.iter().map(|(name, sum)| (name.clone(), sum)));
+            for (name, sum) in named {
+                let attributes = [module.clone(), KeyValue::new("code.function.name", name)];
                 self.calls.add(sum.calls, &attributes);
-                self.duration.add(seconds(sum.total_ns), &attributes);
-                self.self_time.add(seconds(sum.self_ns), &attributes);
-                self.max_duration.record(seconds(sum.max_ns), &attributes);
+                if sum.total_ns > 0 {
+                    self.duration.add(seconds(sum.total_ns), &attributes);
+                    self.self_time.add(seconds(sum.self_ns), &attributes);
+                    self.max_duration.record(seconds(sum.max_ns), &attributes);
+                }
             }
         }
         let mut metrics = ResourceMetrics::default();

@@ -2,20 +2,26 @@
 
 pub mod export;
 pub mod metrics;
+pub mod names;
+pub mod observe;
+pub mod profile;
 pub mod recent;
 pub mod recorder;
+pub mod sampling;
+pub mod transport;
 pub mod tree;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId, TraceState};
 use opentelemetry::{KeyValue, Value};
 use serde::{Deserialize, Serialize};
 
-use recorder::{Aggregate, Recorder};
-use tree::{Call, Grow};
+use names::{CallKind, CallNames};
+use recorder::{Aggregate, MetricLine, Note, Recorder};
+use tree::{Call, Mark, MarkKind};
 
 /// A span ready for export and display.
 #[derive(Debug, Clone)]
@@ -97,7 +103,14 @@ pub struct TraceRecord {
     pub trace_id: TraceId,
     /// The module that ran.
     pub module: String,
-    names: Arc<[Option<String>]>,
+    /// Sampled: its spans are exported.
+    pub sampled: bool,
+    /// The SHA-256 of the module that ran.
+    pub version: String,
+    coldstart: bool,
+    /// The `tracestate` its spans carry.
+    pub trace_state: TraceState,
+    names: CallNames,
     remote_parent: Option<SpanId>,
     request_span: SpanId,
     run_span: SpanId,
@@ -109,10 +122,18 @@ pub struct TraceRecord {
     stderr: Bytes,
     /// Kept calls in start order; parents index this vector and come before their callees.
     calls: Vec<Call>,
-    /// `memory.grow` calls, each in its innermost kept call.
-    grows: Vec<Grow>,
+    /// Memory growth, host calls' bytes and the guest's notes, each in its kept call.
+    marks: Vec<Mark>,
+    /// Tags and log records the guest sent through the Observe API.
+    notes: Vec<Note>,
+    /// Metric lines the guest sent through the Observe API.
+    metric_lines: Vec<MetricLine>,
+    /// Functions whose calls the module counted rather than timed (sorted).
+    counted: Vec<u32>,
     /// Called functions' totals, by hook id.
     aggregates: Vec<(u32, Aggregate)>,
+    /// Every logged call merged by stack, for profiles.
+    stacks: profile::Stacks,
     volume: Volume,
 }
 
@@ -126,6 +147,8 @@ struct Volume {
     recorder_bytes: usize,
     min_span_ns: u64,
     run_memory_bytes: usize,
+    dropped_notes: u64,
+    unbalanced_span_exits: u64,
 }
 
 /// One function's exact totals over a run, whatever spans were kept.
@@ -143,6 +166,9 @@ pub struct FunctionStats {
     pub self_ns: u64,
     /// Longest call.
     pub max_ns: u64,
+    /// Its calls were timed; `false` for a function whose calls the module only counted (its
+    /// times are in its callers').
+    pub timed: bool,
 }
 
 /// How a run ended, as the trace tells it.
@@ -184,6 +210,31 @@ impl std::fmt::Display for Cancel {
 }
 
 impl Ending {
+    /// The HTTP status `POST /run` answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Ending::Exit(0) => 200,
+            Ending::Exit(_) => 422,
+            Ending::Trap { .. } | Ending::HostError(_) => 500,
+            Ending::Timeout => 504,
+            Ending::Cancelled(Cancel::BodyTooLarge(_)) => 413,
+            // Nobody is left to answer; nginx's "client closed request".
+            Ending::Cancelled(Cancel::ClientDisconnected) => 499,
+        }
+    }
+
+    /// `error.type` of a failed run: `exit`, `trap`, `timeout`, `cancelled`, `host_error`.
+    pub fn error_type(&self) -> Option<&'static str> {
+        match self {
+            Ending::Exit(0) => None,
+            Ending::Exit(_) => Some("exit"),
+            Ending::Trap { .. } => Some("trap"),
+            Ending::Timeout => Some("timeout"),
+            Ending::Cancelled(_) => Some("cancelled"),
+            Ending::HostError(_) => Some("host_error"),
+        }
+    }
+
     /// What went wrong, if the run failed.
     pub fn error(&self) -> Option<String> {
         match self {
@@ -203,6 +254,10 @@ pub struct RunFacts {
     pub module: String,
     /// Function names indexed by hook id.
     pub names: Arc<[Option<String>]>,
+    /// Functions' source locations indexed by hook id.
+    pub locations: Arc<[Option<names::SourceLocation>]>,
+    /// Host functions timed at the boundary, by index.
+    pub host_functions: &'static [&'static str],
     /// Trace id (the caller's, from `traceparent`, or a new one).
     pub trace_id: TraceId,
     /// The caller's span from `traceparent`.
@@ -223,6 +278,14 @@ pub struct RunFacts {
     pub stderr: Bytes,
     /// Upper bound on function spans.
     pub max_spans: usize,
+    /// Sampled: spans are exported (else only the per-function totals count).
+    pub sampled: bool,
+    /// The first run of this module version in this process.
+    pub coldstart: bool,
+    /// The module version: the SHA-256 of the module that ran.
+    pub version: String,
+    /// The `tracestate` passed on with the spans.
+    pub trace_state: TraceState,
     /// Bytes the run held at its end: memories, tables and host buffers.
     pub memory_bytes: usize,
 }
@@ -230,10 +293,15 @@ pub struct RunFacts {
 impl TraceRecord {
     /// Rebuilds the call tree from the recorder and keeps the calls that will be spans.
     pub fn new(facts: RunFacts, recorder: &Recorder) -> Self {
-        let (all_calls, mut grows) = tree::build(recorder.events(), facts.run_ns);
+        let (all_calls, mut marks) = tree::build(recorder.events(), facts.run_ns);
         let keep = tree::select(&all_calls, facts.max_spans);
         let calls_logged = all_calls.len();
-        let calls = tree::retain(all_calls, &keep, &mut grows);
+        let stacks = profile::Stacks::from_calls(&all_calls, facts.run_ns);
+        let notes = recorder.notes();
+        // Tags describe their span and leave with it; log records move to a kept caller.
+        let calls = tree::retain(all_calls, &keep, &mut marks, |note| {
+            matches!(notes.get(note as usize), Some(Note::Tags(_)))
+        });
         let aggregates = recorder
             .aggregates()
             .iter()
@@ -243,8 +311,18 @@ impl TraceRecord {
             .collect();
         TraceRecord {
             trace_id: facts.trace_id,
+            sampled: facts.sampled,
+            version: facts.version,
+            coldstart: facts.coldstart,
+            trace_state: facts.trace_state,
             module: facts.module,
-            names: facts.names,
+            names: CallNames::new(
+                facts.names,
+                facts.locations,
+                recorder.functions(),
+                facts.host_functions,
+                recorder.manual_names().into(),
+            ),
             remote_parent: facts.remote_parent,
             request_span: facts.request_span,
             run_span: new_span_id(),
@@ -262,11 +340,31 @@ impl TraceRecord {
                 recorder_bytes: recorder.memory_bytes(),
                 min_span_ns: recorder.min_span_ns(),
                 run_memory_bytes: facts.memory_bytes,
+                dropped_notes: recorder.dropped_notes(),
+                unbalanced_span_exits: recorder.unbalanced_span_exits(),
             },
             calls,
-            grows,
+            marks,
+            notes: notes.to_vec(),
+            metric_lines: recorder.metric_lines().to_vec(),
+            counted: {
+                let mut counted = recorder.counted().to_vec();
+                counted.sort_unstable();
+                counted
+            },
             aggregates,
+            stacks,
         }
+    }
+
+    /// Every call of the log merged by stack (see [`profile`]).
+    pub fn stacks(&self) -> &profile::Stacks {
+        &self.stacks
+    }
+
+    /// Nanoseconds the run lasted, from its start to its end.
+    pub fn run_duration_ns(&self) -> u64 {
+        self.run_ns
     }
 
     /// Spans in this trace: the request span, the run span and one per kept call.
@@ -274,9 +372,19 @@ impl TraceRecord {
         self.calls.len() + 2
     }
 
-    /// Function names by hook id.
-    pub fn names(&self) -> &Arc<[Option<String>]> {
+    /// What the run's call ids name.
+    pub fn names(&self) -> &CallNames {
         &self.names
+    }
+
+    /// Metric lines the guest sent, in order.
+    pub fn metric_lines(&self) -> &[MetricLine] {
+        &self.metric_lines
+    }
+
+    /// Whether function `id`'s calls were only counted (so its totals hold no time).
+    pub fn is_counted(&self, id: u32) -> bool {
+        self.counted.binary_search(&id).is_ok()
     }
 
     /// How the run ended.
@@ -306,14 +414,21 @@ impl TraceRecord {
             .iter()
             .map(|&(id, a)| FunctionStats {
                 id,
-                name: function_name(&self.names, id),
+                name: self.names.name(id),
                 calls: a.calls,
                 total_ns: a.total_ns,
                 self_ns: a.self_ns,
                 max_ns: a.max_ns,
+                timed: !self.is_counted(id),
             })
             .collect();
-        stats.sort_by_key(|f| (std::cmp::Reverse(f.total_ns), f.id));
+        stats.sort_by_key(|f| {
+            (
+                std::cmp::Reverse(f.total_ns),
+                std::cmp::Reverse(f.calls),
+                f.id,
+            )
+        });
         stats
     }
 
@@ -326,10 +441,22 @@ impl TraceRecord {
         let mut request_attributes = vec![
             KeyValue::new("http.request.method", "POST"),
             KeyValue::new("http.route", "/run"),
+            KeyValue::new("url.path", "/run"),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new(
+                "http.response.status_code",
+                i64::from(self.ending.http_status()),
+            ),
+            KeyValue::new("faas.trigger", "http"),
+            KeyValue::new("faas.invocation_id", self.request_span.to_string()),
+            KeyValue::new("faas.coldstart", self.coldstart),
             KeyValue::new("iota.module", self.module.clone()),
         ];
         if let Ending::Exit(code) = self.ending {
             request_attributes.push(KeyValue::new("process.exit.code", i64::from(code)));
+        }
+        if let Some(kind) = self.ending.error_type() {
+            request_attributes.push(KeyValue::new("error.type", kind));
         }
         spans.push(SpanRecord {
             span_id: self.request_span,
@@ -346,9 +473,11 @@ impl TraceRecord {
         let v = &self.volume;
         let functions = self.functions();
         let total_calls: u64 = functions.iter().map(|f| f.calls).sum();
+        let counted_calls: u64 = functions.iter().filter(|f| !f.timed).map(|f| f.calls).sum();
         let mut run_attributes = vec![
             KeyValue::new("iota.module", self.module.clone()),
             KeyValue::new("iota.calls.total", total_calls as i64),
+            KeyValue::new("iota.calls.counted", counted_calls as i64),
             KeyValue::new("iota.calls.recorded", v.calls_logged as i64),
             KeyValue::new("iota.calls.short", v.short_calls as i64),
             KeyValue::new("iota.span.min_ns", v.min_span_ns as i64),
@@ -362,14 +491,37 @@ impl TraceRecord {
             KeyValue::new("iota.recorder.bytes", v.recorder_bytes as i64),
             KeyValue::new("iota.run.memory_bytes", v.run_memory_bytes as i64),
         ];
+        if v.dropped_notes > 0 {
+            run_attributes.push(KeyValue::new(
+                "iota.observe.dropped",
+                v.dropped_notes as i64,
+            ));
+        }
+        if v.unbalanced_span_exits > 0 {
+            run_attributes.push(KeyValue::new(
+                "iota.observe.unbalanced_span_exits",
+                v.unbalanced_span_exits as i64,
+            ));
+        }
         run_attributes.extend(aggregate_attributes(&functions));
         let mut call_events: Vec<Vec<SpanEventRecord>> = vec![Vec::new(); self.calls.len()];
+        let mut call_attributes: Vec<Vec<KeyValue>> = self
+            .calls
+            .iter()
+            .map(|call| self.call_attributes(call))
+            .collect();
         let mut run_events = Vec::new();
-        for grow in &self.grows {
-            let event = memory_grow_event(at(grow.at), grow.pages);
-            match grow.call {
-                Some(i) => call_events[i as usize].push(event),
-                None => run_events.push(event),
+        for mark in &self.marks {
+            let (event, attributes) = self.mark(mark, at(mark.at));
+            match mark.call {
+                Some(i) => {
+                    call_events[i as usize].extend(event);
+                    call_attributes[i as usize].extend(attributes);
+                }
+                None => {
+                    run_events.extend(event);
+                    run_attributes.extend(attributes);
+                }
             }
         }
         if let Ending::Trap { message, backtrace } = &self.ending {
@@ -387,10 +539,13 @@ impl TraceRecord {
             run_events.push(SpanEventRecord {
                 name: "stderr".into(),
                 time: at(self.run_ns),
-                attributes: vec![KeyValue::new(
-                    "log.record.body",
-                    String::from_utf8_lossy(&self.stderr).into_owned(),
-                )],
+                attributes: vec![
+                    KeyValue::new("log.iostream", "stderr"),
+                    KeyValue::new(
+                        "log.record.original",
+                        String::from_utf8_lossy(&self.stderr).into_owned(),
+                    ),
+                ],
             });
         }
         spans.push(SpanRecord {
@@ -407,15 +562,14 @@ impl TraceRecord {
 
         let call_span = |i: usize| derived_span_id(self.run_span, i);
         for (i, call) in self.calls.iter().enumerate() {
-            let name = function_name(&self.names, call.id);
             spans.push(SpanRecord {
                 span_id: call_span(i),
                 parent_span_id: Some(call.parent.map_or(self.run_span, |p| call_span(p as usize))),
-                name: name.clone(),
+                name: self.names.name(call.id),
                 kind: SpanKind::Internal,
                 start: at(call.start),
                 end: at(call.end),
-                attributes: call_attributes(name, call),
+                attributes: std::mem::take(&mut call_attributes[i]),
                 events: std::mem::take(&mut call_events[i]),
                 // A frame left open is an error only if the run failed: `proc_exit(0)` leaves
                 // open frames too.
@@ -426,16 +580,112 @@ impl TraceRecord {
     }
 }
 
-/// A function span's attributes; a call still open when the run ended says so.
-fn call_attributes(name: String, call: &Call) -> Vec<KeyValue> {
-    let mut attributes = vec![
-        KeyValue::new("code.function.name", name),
-        KeyValue::new("wasm.function.index", i64::from(call.id)),
-    ];
-    if call.unfinished {
-        attributes.push(KeyValue::new("iota.call.unfinished", true));
+impl TraceRecord {
+    /// A call span's own attributes: what it calls, and whether it was still open when the run
+    /// ended.
+    fn call_attributes(&self, call: &Call) -> Vec<KeyValue> {
+        let mut attributes = vec![KeyValue::new(
+            "code.function.name",
+            self.names.name(call.id),
+        )];
+        match self.names.kind(call.id) {
+            CallKind::Function => {
+                attributes.push(KeyValue::new("wasm.function.index", i64::from(call.id)));
+                if let Some(location) = self.names.location(call.id) {
+                    attributes.push(KeyValue::new("code.file.path", location.file.clone()));
+                    if let Some(line) = location.line {
+                        attributes.push(KeyValue::new("code.line.number", i64::from(line)));
+                    }
+                    if let Some(column) = location.column {
+                        attributes.push(KeyValue::new("code.column.number", i64::from(column)));
+                    }
+                }
+            }
+            CallKind::Host(_) => attributes.push(KeyValue::new("iota.call.kind", "host")),
+            CallKind::Manual(_) => attributes.push(KeyValue::new("iota.call.kind", "observe")),
+        }
+        if call.unfinished {
+            attributes.push(KeyValue::new("iota.call.unfinished", true));
+        }
+        attributes
     }
-    attributes
+
+    /// What a mark adds to its span: an event, attributes, or both.
+    fn mark(&self, mark: &Mark, time: SystemTime) -> (Option<SpanEventRecord>, Vec<KeyValue>) {
+        match mark.kind {
+            MarkKind::MemoryGrow(pages) => (Some(memory_grow_event(time, pages)), Vec::new()),
+            MarkKind::HostIo { fd, bytes } => {
+                let mut attributes = Vec::new();
+                if let Some(fd) = fd {
+                    attributes.push(KeyValue::new("iota.wasi.fd", i64::from(fd)));
+                }
+                if let Some(bytes) = bytes {
+                    attributes.push(KeyValue::new("iota.wasi.bytes", bytes as i64));
+                }
+                (None, attributes)
+            }
+            MarkKind::Note(index) => match self.notes.get(index as usize) {
+                Some(Note::Tags(tags)) => (
+                    None,
+                    tags.iter()
+                        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                        .collect(),
+                ),
+                Some(Note::Log { level, message }) => {
+                    let severity = observe::severity(*level);
+                    let event = SpanEventRecord {
+                        name: "log".into(),
+                        time,
+                        attributes: vec![
+                            KeyValue::new("log.record.original", message.clone()),
+                            KeyValue::new("iota.log.severity_text", severity.text),
+                            KeyValue::new("iota.log.severity_number", i64::from(severity.number)),
+                        ],
+                    };
+                    (Some(event), Vec::new())
+                }
+                None => (None, Vec::new()),
+            },
+        }
+    }
+}
+
+/// A log record the guest sent through the Observe API, in the span it belongs to.
+#[derive(Debug, Clone)]
+pub struct GuestLog {
+    /// When.
+    pub time: SystemTime,
+    /// Its severity.
+    pub severity: observe::Severity,
+    /// The message.
+    pub message: String,
+    /// The span it was logged in (its innermost kept span).
+    pub span_id: SpanId,
+}
+
+impl TraceRecord {
+    /// The log records the guest sent, in order, each with its span.
+    pub fn guest_logs(&self) -> Vec<GuestLog> {
+        self.marks
+            .iter()
+            .filter_map(|mark| {
+                let MarkKind::Note(index) = mark.kind else {
+                    return None;
+                };
+                let Some(Note::Log { level, message }) = self.notes.get(index as usize) else {
+                    return None;
+                };
+                Some(GuestLog {
+                    time: self.run_start + Duration::from_nanos(mark.at),
+                    severity: observe::severity(*level),
+                    message: message.clone(),
+                    span_id: mark.call.map_or(self.run_span, |i| {
+                        derived_span_id(self.run_span, i as usize)
+                    }),
+                })
+            })
+            .collect()
+    }
 }
 
 /// The id of the `index`th call span under `run_span`: distinct per index, never zero.
@@ -446,14 +696,6 @@ fn derived_span_id(run_span: SpanId, index: usize) -> SpanId {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     SpanId::from_bytes((z ^ (z >> 31)).max(1).to_be_bytes())
-}
-
-/// The name of function `id`, or `wasm-function[id]`.
-fn function_name(names: &[Option<String>], id: u32) -> String {
-    names
-        .get(id as usize)
-        .and_then(|n| n.clone())
-        .unwrap_or_else(|| format!("wasm-function[{id}]"))
 }
 
 fn memory_grow_event(time: SystemTime, pages: u32) -> SpanEventRecord {

@@ -37,6 +37,11 @@ pub enum EventKind {
     Exit,
     /// `memory.grow` is about to run; `id` holds the delta in pages.
     MemoryGrow,
+    /// What the innermost call, a host call, moved: `id` holds the file descriptor and `at`
+    /// the bytes (each `u32::MAX`/`u64::MAX` when unknown). Not a time.
+    HostIo,
+    /// A note (tags, a log record) in the innermost call: `id` indexes [`Recorder::notes`].
+    Note,
 }
 
 /// One hook call, timed in nanoseconds since the run started.
@@ -62,6 +67,36 @@ pub struct Aggregate {
     /// Longest single call.
     pub max_ns: u64,
 }
+
+/// Something the guest said about its run through the Observe API, kept beside the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// `span-tags`: attributes of the innermost span.
+    Tags(Vec<(String, String)>),
+    /// `log`: a log record in the innermost span.
+    Log {
+        /// Severity as the guest gave it (see [`crate::trace::observe`]).
+        level: u32,
+        /// The message.
+        message: String,
+    },
+}
+
+/// A metric line (statsd) the guest emitted, with when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricLine {
+    /// Nanoseconds since the start of the run.
+    pub at: u64,
+    /// The line as sent.
+    pub line: String,
+}
+
+/// Notes and metric lines a run may leave; more are dropped and counted.
+const MAX_NOTES: usize = 10_000;
+/// Distinct manual span names a run may use; more share one name.
+const MAX_MANUAL_NAMES: usize = 1_000;
+/// The name manual spans get past [`MAX_MANUAL_NAMES`].
+const OVERFLOW_NAME: &str = "observe span (too many names)";
 
 #[derive(Debug, Clone, Copy)]
 struct Frame {
@@ -94,6 +129,19 @@ pub struct Recorder {
     aggregates: Vec<Aggregate>,
     ignored_calls: u64,
     budget: Arc<MemoryBudget>,
+    /// Ids below this are the module's functions (the only ids its hooks may use).
+    functions: u32,
+    /// Host functions timed at the boundary: ids `functions..functions + host_functions`.
+    host_functions: u32,
+    /// Manual spans' names: ids from `functions + host_functions` on.
+    manual_names: Vec<String>,
+    manual_ids: std::collections::HashMap<String, u32>,
+    notes: Vec<Note>,
+    metric_lines: Vec<MetricLine>,
+    dropped_notes: u64,
+    unbalanced_span_exits: u64,
+    /// Functions whose calls the module counted.
+    counted: Vec<u32>,
 }
 
 impl Recorder {
@@ -102,15 +150,18 @@ impl Recorder {
     pub fn new(functions: usize, max_events: usize, min_span_ns: u64) -> Self {
         Self::with_budget(
             functions,
+            0,
             max_events,
             min_span_ns,
             Arc::new(MemoryBudget::new(usize::MAX)),
         )
     }
 
-    /// As [`new`](Self::new), charging what it holds to `budget`.
+    /// As [`new`](Self::new), with `host_functions` host functions timed at the boundary,
+    /// charging what it holds to `budget`.
     pub fn with_budget(
         functions: usize,
+        host_functions: usize,
         max_events: usize,
         min_span_ns: u64,
         budget: Arc<MemoryBudget>,
@@ -118,7 +169,9 @@ impl Recorder {
         let clock = clock();
         let events = Vec::with_capacity(max_events.min(256));
         let stack = Vec::with_capacity(64);
-        let aggregates = vec![Aggregate::default(); functions];
+        let functions = functions.min(u32::MAX as usize / 2) as u32;
+        let host_functions = host_functions.min(u32::MAX as usize / 4) as u32;
+        let aggregates = vec![Aggregate::default(); (functions + host_functions) as usize];
         // The first buffers are needed whatever happens; the limit then stops all else.
         budget.charge(
             events.capacity() * size_of::<Event>()
@@ -139,6 +192,15 @@ impl Recorder {
             aggregates,
             ignored_calls: 0,
             budget,
+            functions,
+            host_functions,
+            manual_names: Vec::new(),
+            manual_ids: std::collections::HashMap::new(),
+            notes: Vec::new(),
+            metric_lines: Vec::new(),
+            dropped_notes: 0,
+            unbalanced_span_exits: 0,
+            counted: Vec::new(),
         }
     }
 
@@ -162,12 +224,148 @@ impl Recorder {
         needed <= self.events.capacity() || self.grow_log(needed)
     }
 
-    /// The `enter(id)` hook.
+    /// The `enter(id)` hook: only the module's own function ids are accepted.
     #[inline]
     pub fn enter(&mut self, id: u32) {
-        if id as usize >= self.aggregates.len()
-            || (self.stack.len() == self.stack.capacity() && !self.grow_stack())
+        if id >= self.functions {
+            self.ignored_calls += 1;
+            return;
+        }
+        self.push(id);
+    }
+
+    /// The `exit(id)` hook: only the module's own function ids are accepted.
+    #[inline]
+    pub fn exit(&mut self, id: u32) {
+        if id >= self.functions {
+            self.ignored_calls += 1;
+            return;
+        }
+        self.pop_to(id);
+    }
+
+    /// A call into host function `index` begins.
+    pub fn enter_host(&mut self, index: u32) {
+        if index < self.host_functions {
+            self.push(self.functions + index);
+        }
+    }
+
+    /// The call into host function `index` returns, having moved `bytes` through file
+    /// descriptor `fd` (where it says).
+    pub fn exit_host(&mut self, index: u32, fd: Option<u32>, bytes: Option<u64>) {
+        if index >= self.host_functions {
+            return;
+        }
+        let id = self.functions + index;
+        if (fd.is_some() || bytes.is_some())
+            && self
+                .stack
+                .last()
+                .is_some_and(|f| f.id == id && f.log_index != NOT_LOGGED)
+            && self.has_room(1)
         {
+            self.log(Event {
+                at: bytes.unwrap_or(u64::MAX),
+                id: fd.unwrap_or(u32::MAX),
+                kind: EventKind::HostIo,
+            });
+        }
+        self.pop_to(id);
+    }
+
+    /// `span-enter(name)` of the Observe API: a manual span opens in the innermost call.
+    pub fn enter_span(&mut self, name: &str) {
+        let index = match self.manual_ids.get(name) {
+            Some(&index) => index,
+            None => self.intern(name),
+        };
+        self.push(self.functions + self.host_functions + index);
+    }
+
+    fn intern(&mut self, name: &str) -> u32 {
+        let full = self.manual_names.len() >= MAX_MANUAL_NAMES;
+        let name = if full { OVERFLOW_NAME } else { name };
+        if let Some(&index) = self.manual_ids.get(name) {
+            return index;
+        }
+        self.budget
+            .charge(2 * name.len() + size_of::<Aggregate>() + 64);
+        let index = self.manual_names.len() as u32;
+        self.manual_names.push(name.to_string());
+        self.manual_ids.insert(name.to_string(), index);
+        self.aggregates.push(Aggregate::default());
+        index
+    }
+
+    /// `span-exit()` of the Observe API: closes the innermost open manual span (and what was
+    /// left open above it). Without one, it is counted and otherwise ignored.
+    pub fn exit_span(&mut self) {
+        let manual = self.functions + self.host_functions;
+        match self.stack.iter().rev().find(|f| f.id >= manual) {
+            Some(frame) => {
+                let id = frame.id;
+                self.pop_to(id);
+            }
+            None => self.unbalanced_span_exits += 1,
+        }
+    }
+
+    /// A note in the innermost call (dropped and counted past the run's allowance or budget).
+    pub fn note(&mut self, note: Note) {
+        let bytes = match &note {
+            Note::Tags(tags) => tags.iter().map(|(k, v)| k.len() + v.len() + 48).sum(),
+            Note::Log { message, .. } => message.len(),
+        } + size_of::<Note>();
+        if self.notes.len() >= MAX_NOTES || !self.budget.try_charge(bytes) {
+            self.dropped_notes += 1;
+            return;
+        }
+        let at = self.now();
+        if self.has_room(1) {
+            self.log(Event {
+                at,
+                id: self.notes.len() as u32,
+                kind: EventKind::Note,
+            });
+            self.notes.push(note);
+        } else {
+            self.dropped_notes += 1;
+        }
+    }
+
+    /// Adds `calls` counted calls of function `id` (counted in the module, not timed) to its
+    /// totals; their time is in their callers'.
+    pub fn count_calls(&mut self, id: u32, calls: u64) {
+        if let Some(aggregate) = self
+            .aggregates
+            .get_mut(id as usize)
+            .filter(|_| id < self.functions)
+        {
+            aggregate.calls += calls;
+            self.counted.push(id);
+        }
+    }
+
+    /// Functions whose calls were counted, not timed.
+    pub fn counted(&self) -> &[u32] {
+        &self.counted
+    }
+
+    /// A metric line (statsd), kept for export (dropped and counted past the allowance).
+    pub fn metric(&mut self, line: String) {
+        let bytes = line.len() + size_of::<MetricLine>();
+        if self.metric_lines.len() >= MAX_NOTES || !self.budget.try_charge(bytes) {
+            self.dropped_notes += 1;
+            return;
+        }
+        let at = self.now();
+        self.metric_lines.push(MetricLine { at, line });
+    }
+
+    #[inline]
+    fn push(&mut self, id: u32) {
+        if self.stack.len() == self.stack.capacity() && !self.grow_stack() {
             self.ignored_calls += 1;
             return;
         }
@@ -217,11 +415,11 @@ impl Recorder {
         true
     }
 
-    /// The `exit(id)` hook. An id that is not the innermost open frame closes the frames above
-    /// its innermost match (an exception or a guest's own calls skipped their exits); an id
-    /// with no open frame is ignored.
+    /// Closes the innermost open frame of `id`. An id that is not the innermost open frame
+    /// closes the frames above its innermost match (an exception or a guest's own calls skipped
+    /// their exits); an id with no open frame is ignored.
     #[inline]
-    pub fn exit(&mut self, id: u32) {
+    fn pop_to(&mut self, id: u32) {
         let Some(depth) = self.stack.iter().rposition(|f| f.id == id) else {
             self.ignored_calls += 1;
             return;
@@ -234,10 +432,13 @@ impl Recorder {
         if frame.log_index == NOT_LOGGED {
             self.dropped_events += 1;
         } else if at.saturating_sub(frame.start) < self.min_span_ns
-            && frame.log_index + 1 == self.events.len()
+            && self.events[frame.log_index + 1..]
+                .iter()
+                .all(|e| e.kind == EventKind::HostIo)
         {
-            // Too short to be a span, and nothing it did is in the log after its enter.
-            self.events.pop();
+            // Too short to be a span, and nothing it did is in the log after its enter but
+            // details of its own.
+            self.events.truncate(frame.log_index);
             self.short_calls += 1;
         } else {
             self.log(Event {
@@ -313,7 +514,9 @@ impl Recorder {
                         durations.push(event.at.saturating_sub(self.events[e].at));
                     }
                 }
-                EventKind::MemoryGrow => {}
+                // A detail of its call: kept with it.
+                EventKind::HostIo => aux[i] = open.last().map_or(OPEN, |&e| e as u64),
+                EventKind::MemoryGrow | EventKind::Note => {}
             }
         }
         if durations.is_empty() {
@@ -327,8 +530,10 @@ impl Recorder {
         let keep: Vec<bool> = (0..self.events.len())
             .map(|i| match self.events[i].kind {
                 EventKind::Enter => keep_enter(i),
-                EventKind::Exit => aux[i] == OPEN || keep_enter(aux[i] as usize),
-                EventKind::MemoryGrow => true,
+                EventKind::Exit | EventKind::HostIo => {
+                    aux[i] == OPEN || keep_enter(aux[i] as usize)
+                }
+                EventKind::MemoryGrow | EventKind::Note => true,
             })
             .collect();
         drop(aux);
@@ -425,6 +630,41 @@ impl Recorder {
         self.events.capacity() * size_of::<Event>()
             + self.stack.capacity() * size_of::<Frame>()
             + self.aggregates.capacity() * size_of::<Aggregate>()
+    }
+
+    /// Ids below this are the module's functions; host functions follow, then manual spans.
+    pub fn functions(&self) -> u32 {
+        self.functions
+    }
+
+    /// Host functions timed at the boundary.
+    pub fn host_functions(&self) -> u32 {
+        self.host_functions
+    }
+
+    /// Names of the manual spans, by id past the host functions.
+    pub fn manual_names(&self) -> &[String] {
+        &self.manual_names
+    }
+
+    /// Tags and log records, by [`EventKind::Note`] index.
+    pub fn notes(&self) -> &[Note] {
+        &self.notes
+    }
+
+    /// Metric lines, in order.
+    pub fn metric_lines(&self) -> &[MetricLine] {
+        &self.metric_lines
+    }
+
+    /// Notes and metric lines dropped (past the allowance or the memory limit).
+    pub fn dropped_notes(&self) -> u64 {
+        self.dropped_notes
+    }
+
+    /// `span-exit` calls with no manual span open.
+    pub fn unbalanced_span_exits(&self) -> u64 {
+        self.unbalanced_span_exits
     }
 
     /// Hook calls ignored: unknown ids, exits with no open frame, or too deep.

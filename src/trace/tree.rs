@@ -17,15 +17,43 @@ pub struct Call {
     pub unfinished: bool,
 }
 
-/// A `memory.grow`, in the call that made it.
+/// Something that happened in a call: a `memory.grow`, the bytes of a host call, a note.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Grow {
+pub struct Mark {
     /// Index of the [`Call`] it happened in; none outside any call.
     pub call: Option<u32>,
-    /// Nanoseconds since the run started.
+    /// Nanoseconds since the run started (for [`MarkKind::HostIo`]: the call's end).
     pub at: u64,
-    /// Pages asked for.
-    pub pages: u32,
+    /// What.
+    pub kind: MarkKind,
+}
+
+/// What a [`Mark`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkKind {
+    /// `memory.grow` by this many pages.
+    MemoryGrow(u32),
+    /// A host call's file descriptor and bytes (`None` when not known).
+    HostIo {
+        /// File descriptor.
+        fd: Option<u32>,
+        /// Bytes moved.
+        bytes: Option<u64>,
+    },
+    /// A note of the recorder (tags, a log record), by index.
+    Note(u32),
+}
+
+impl MarkKind {
+    /// Whether the mark belongs to its call alone (it leaves with it) rather than moving to the
+    /// nearest kept caller when its call is not kept.
+    fn belongs_to_call(self, notes_of_calls: impl Fn(u32) -> bool) -> bool {
+        match self {
+            MarkKind::HostIo { .. } => true,
+            MarkKind::Note(index) => notes_of_calls(index),
+            MarkKind::MemoryGrow(_) => false,
+        }
+    }
 }
 
 impl Call {
@@ -35,12 +63,12 @@ impl Call {
     }
 }
 
-/// Rebuilds the call tree and the memory growth in it. Frames still open at the end of the log
-/// are closed at `end`.
-pub fn build(events: &[Event], end: u64) -> (Vec<Call>, Vec<Grow>) {
+/// Rebuilds the call tree and what happened in it. Frames still open at the end of the log are
+/// closed at `end`.
+pub fn build(events: &[Event], end: u64) -> (Vec<Call>, Vec<Mark>) {
     let mut calls: Vec<Call> = Vec::with_capacity(events.len() / 2);
     let mut stack: Vec<u32> = Vec::new();
-    let mut grows = Vec::new();
+    let mut marks = Vec::new();
     for event in events {
         match event.kind {
             EventKind::Enter => {
@@ -63,10 +91,23 @@ pub fn build(events: &[Event], end: u64) -> (Vec<Call>, Vec<Grow>) {
                     }
                 }
             }
-            EventKind::MemoryGrow => grows.push(Grow {
+            EventKind::MemoryGrow => marks.push(Mark {
                 call: stack.last().copied(),
                 at: event.at,
-                pages: event.id,
+                kind: MarkKind::MemoryGrow(event.id),
+            }),
+            EventKind::HostIo => marks.push(Mark {
+                call: stack.last().copied(),
+                at: event.at,
+                kind: MarkKind::HostIo {
+                    fd: (event.id != u32::MAX).then_some(event.id),
+                    bytes: (event.at != u64::MAX).then_some(event.at),
+                },
+            }),
+            EventKind::Note => marks.push(Mark {
+                call: stack.last().copied(),
+                at: event.at,
+                kind: MarkKind::Note(event.id),
             }),
         }
     }
@@ -74,7 +115,12 @@ pub fn build(events: &[Event], end: u64) -> (Vec<Call>, Vec<Grow>) {
         calls[i as usize].end = end;
         calls[i as usize].unfinished = true;
     }
-    (calls, grows)
+    for mark in &mut marks {
+        if let (MarkKind::HostIo { .. }, Some(call)) = (mark.kind, mark.call) {
+            mark.at = calls[call as usize].end;
+        }
+    }
+    (calls, marks)
 }
 
 /// Chooses at most `max` calls to export: every unfinished call (the stack at a trap), then the
@@ -113,12 +159,22 @@ pub fn select(calls: &[Call], max: usize) -> Vec<bool> {
     keep
 }
 
-/// The calls `keep` flags, with parents renumbered into the result; each memory growth moves to
-/// its innermost kept call. Every kept call's parent must be kept too, as [`select`] ensures.
-pub fn retain(calls: Vec<Call>, keep: &[bool], grows: &mut [Grow]) -> Vec<Call> {
-    for grow in grows.iter_mut() {
-        while let Some(i) = grow.call.filter(|&i| !keep[i as usize]) {
-            grow.call = calls[i as usize].parent;
+/// The calls `keep` flags, with parents renumbered into the result. A mark that belongs to its
+/// call (a host call's bytes; a note for which `notes_of_calls` says so, such as tags) leaves
+/// with it; the others (memory growth, log records) move to the innermost kept call. Every kept
+/// call's parent must be kept too, as [`select`] ensures.
+pub fn retain(
+    calls: Vec<Call>,
+    keep: &[bool],
+    marks: &mut Vec<Mark>,
+    notes_of_calls: impl Fn(u32) -> bool,
+) -> Vec<Call> {
+    marks.retain(|mark| {
+        mark.call.is_none_or(|i| keep[i as usize]) || !mark.kind.belongs_to_call(&notes_of_calls)
+    });
+    for mark in marks.iter_mut() {
+        while let Some(i) = mark.call.filter(|&i| !keep[i as usize]) {
+            mark.call = calls[i as usize].parent;
         }
     }
     let mut new_index = vec![u32::MAX; calls.len()];
@@ -131,8 +187,8 @@ pub fn retain(calls: Vec<Call>, keep: &[bool], grows: &mut [Grow]) -> Vec<Call> 
         new_index[i] = kept.len() as u32;
         kept.push(call);
     }
-    for grow in grows.iter_mut() {
-        grow.call = grow.call.map(|i| new_index[i as usize]);
+    for mark in marks.iter_mut() {
+        mark.call = mark.call.map(|i| new_index[i as usize]);
     }
     kept
 }
@@ -158,7 +214,7 @@ mod tests {
             ev(6, Exit, 3), // 4 skipped its exit
             ev(7, Enter, 5),
         ];
-        let (calls, grows) = build(&events, 10);
+        let (calls, marks) = build(&events, 10);
         let shape: Vec<_> = calls
             .iter()
             .map(|c| (c.id, c.parent, c.start, c.end, c.unfinished))
@@ -174,18 +230,58 @@ mod tests {
             ]
         );
         assert_eq!(
-            grows,
-            [Grow {
+            marks,
+            [Mark {
                 call: Some(1),
                 at: 2,
-                pages: 3
+                kind: MarkKind::MemoryGrow(3)
             }]
         );
         // Call 1 left out: its growth moves to its caller.
-        let mut grows = grows;
-        let kept = retain(calls, &[true, false, true, true, true], &mut grows);
+        let mut marks = marks;
+        let kept = retain(calls, &[true, false, true, true, true], &mut marks, |_| {
+            false
+        });
         assert_eq!(kept.len(), 4);
-        assert_eq!(grows[0].call, Some(0));
+        assert_eq!(marks[0].call, Some(0));
+    }
+
+    #[test]
+    fn host_call_details_leave_with_their_call_and_notes_as_told() {
+        use EventKind::*;
+        let events = [
+            ev(0, Enter, 1),
+            ev(1, Enter, 7), // a host call
+            ev(40, HostIo, 1),
+            ev(2, Exit, 7),
+            ev(3, Enter, 2),
+            ev(4, Note, 0), // tags of call 2
+            ev(5, Note, 1), // a log record in call 2
+            ev(6, Exit, 2),
+            ev(9, Exit, 1),
+        ];
+        let (calls, mut marks) = build(&events, 10);
+        assert_eq!(
+            marks[0],
+            Mark {
+                call: Some(1),
+                at: 2,
+                kind: MarkKind::HostIo {
+                    fd: Some(1),
+                    bytes: Some(40)
+                }
+            }
+        );
+        let kept = retain(calls, &[true, false, false], &mut marks, |note| note == 0);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            marks,
+            [Mark {
+                call: Some(0),
+                at: 5,
+                kind: MarkKind::Note(1)
+            }]
+        );
     }
 
     #[test]
@@ -206,7 +302,7 @@ mod tests {
             .map(|(c, _)| (c.id, c.duration()))
             .collect();
         assert_eq!(kept, [(0, 300), (1, 8), (1, 9), (2, 100)]);
-        let retained = retain(calls, &keep, &mut []);
+        let retained = retain(calls, &keep, &mut Vec::new(), |_| false);
         let parents: Vec<_> = retained.iter().map(|c| c.parent).collect();
         assert_eq!(parents, [None, Some(0), Some(0), Some(0)]);
     }

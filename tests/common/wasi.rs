@@ -29,12 +29,20 @@ pub struct Outcome {
     pub stdout: Vec<u8>,
     pub exit: Exit,
     pub events: Vec<Event>,
+    /// The module's call counters after the run (counted functions): hook id and calls.
+    pub counters: Vec<(u32, u64)>,
 }
 
 /// Runs a WASI command's `_start` with `args` and `stdin`, recording hook calls. Imports that
 /// neither WASI nor the hooks provide trap if called.
 pub fn run_command(engine: &Engine, wasm: &[u8], args: &[&str], stdin: &[u8]) -> Outcome {
     let module = Module::new(engine, wasm).expect("module compiles");
+    run_module(engine, &module, args, stdin)
+}
+
+/// [`run_command`] for a module already compiled.
+#[allow(dead_code)] // not every test binary that includes this file uses it
+pub fn run_module(engine: &Engine, module: &Module, args: &[&str], stdin: &[u8]) -> Outcome {
     let stdout = MemoryOutputPipe::new(1 << 20);
     let wasi = WasiCtxBuilder::new()
         .stdin(MemoryInputPipe::new(stdin.to_vec()))
@@ -51,11 +59,30 @@ pub fn run_command(engine: &Engine, wasm: &[u8], args: &[&str], stdin: &[u8]) ->
     let mut linker: Linker<Guest> = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |g| &mut g.wasi).unwrap();
     link_hooks(&mut linker);
-    linker.define_unknown_imports_as_traps(&module).unwrap();
+    linker.define_unknown_imports_as_traps(module).unwrap();
+    let mut instance = None;
     let result = linker
-        .instantiate(&mut store, &module)
+        .instantiate(&mut store, module)
+        .inspect(|i| instance = Some(*i))
         .and_then(|i| i.get_typed_func::<(), ()>(&mut store, "_start"))
         .and_then(|start| start.call(&mut store, ()));
+    let counters = instance.map_or_else(Vec::new, |instance| {
+        let globals: Vec<(u32, wasmtime::Global)> = instance
+            .exports(&mut store)
+            .filter_map(|e| {
+                let id = e
+                    .name()
+                    .strip_prefix(iota_instrument::COUNTER_EXPORT_PREFIX)?
+                    .parse()
+                    .ok()?;
+                Some((id, e.into_global()?))
+            })
+            .collect();
+        globals
+            .into_iter()
+            .map(|(id, g)| (id, g.get(&mut store).unwrap_i64() as u64))
+            .collect()
+    });
     let exit = match result {
         Ok(()) => Exit::Code(0),
         Err(e) => match (
@@ -71,5 +98,6 @@ pub fn run_command(engine: &Engine, wasm: &[u8], args: &[&str], stdin: &[u8]) ->
         stdout: stdout.contents().to_vec(),
         exit,
         events: std::mem::take(&mut store.data_mut().recorded.events),
+        counters,
     }
 }

@@ -1,6 +1,7 @@
 //! Conformance of the instrumenter: the WebAssembly spec suite, the fixtures run
 //! side by side instrumented and not, generated modules, and the CLI.
 
+mod exits;
 mod fixtures;
 #[path = "../common/hooks.rs"]
 mod hooks;

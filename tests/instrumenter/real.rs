@@ -4,12 +4,14 @@
 
 use std::path::PathBuf;
 
-use iota_instrument::{Options, instrument};
+use std::time::{Duration, Instant};
+
+use iota_instrument::{Options, UnwindExits, instrument};
 use wasmtime::Engine;
 
 use crate::hooks::{check_nesting, config};
 use crate::programs::{MICROPYTHON, SMT, SVG};
-use crate::wasi::{Exit, run_command};
+use crate::wasi::{Exit, run_command, run_module};
 
 struct Case {
     file: &'static str,
@@ -88,4 +90,81 @@ fn real_modules_run_the_same_instrumented() {
         );
         assert!(calls > 1000, "{}: only {calls} calls traced", case.file);
     }
+}
+
+/// The cost of the exception handlers that make `exit` run on unwind: size, share of functions
+/// that get one, and run time against the same module without them. Prints the figures of
+/// BENCHMARKS.md (best of five runs each; a measurement, not a check).
+#[test]
+#[ignore = "needs IOTA_REAL_WASM; a measurement: cargo test --release --test instrumenter unwind_cost -- --ignored --nocapture"]
+fn unwind_cost() {
+    let dir = PathBuf::from(std::env::var("IOTA_REAL_WASM").expect("IOTA_REAL_WASM is set"));
+    let engine = Engine::new(&config()).unwrap();
+    println!(
+        "| module | functions | with handler | size without | size with | compile without | compile with | run without | run with |"
+    );
+    for case in CASES {
+        let original = std::fs::read(dir.join(case.file)).unwrap();
+        let build = |unwind| instrument(&original, Options::new().unwind_exits(unwind)).unwrap();
+        let with = build(UnwindExits::Always);
+        let without = build(UnwindExits::IfModuleUsesExceptions);
+        // Best of five compiles, then best of five runs of the compiled module.
+        let best = |wasm: &[u8]| {
+            let mut compile = Duration::MAX;
+            let mut module = None;
+            for _ in 0..5 {
+                let start = Instant::now();
+                module = Some(wasmtime::Module::new(&engine, wasm).unwrap());
+                compile = compile.min(start.elapsed());
+            }
+            let module = module.unwrap();
+            let run = (0..5)
+                .map(|_| {
+                    let start = Instant::now();
+                    let run = run_module(&engine, &module, case.args, case.stdin.as_bytes());
+                    assert_eq!(run.exit, Exit::Code(case.exit), "{}", case.file);
+                    start.elapsed()
+                })
+                .min()
+                .unwrap_or(Duration::ZERO);
+            (compile, run)
+        };
+        let ((c_without, r_without), (c_with, r_with)) = (best(&without.wasm), best(&with.wasm));
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let pct = |a: f64, b: f64| (b / a - 1.0) * 100.0;
+        println!(
+            "| {} | {} | {} | {} | {} ({:+.2} %) | {:.1} ms | {:.1} ms ({:+.1} %) | {:.1} ms | {:.1} ms ({:+.1} %) |",
+            case.file,
+            with.functions.len(),
+            handlers(&with.wasm),
+            without.wasm.len(),
+            with.wasm.len(),
+            pct(without.wasm.len() as f64, with.wasm.len() as f64),
+            ms(c_without),
+            ms(c_with),
+            pct(ms(c_without), ms(c_with)),
+            ms(r_without),
+            ms(r_with),
+            pct(ms(r_without), ms(r_with)),
+        );
+    }
+}
+
+/// Bodies that open with an exception handler after `enter`.
+fn handlers(wasm: &[u8]) -> usize {
+    use wasmparser::{Operator, Parser, Payload};
+    let mut count = 0;
+    for payload in Parser::new(0).parse_all(wasm) {
+        if let Ok(Payload::CodeSectionEntry(body)) = payload {
+            let mut ops = body.get_operators_reader().unwrap();
+            let first: Vec<Operator> = (0..5).filter_map(|_| ops.read().ok()).collect();
+            if first
+                .iter()
+                .any(|op| matches!(op, Operator::TryTable { .. } | Operator::Try { .. }))
+            {
+                count += 1;
+            }
+        }
+    }
+    count
 }

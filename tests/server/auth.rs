@@ -3,7 +3,7 @@
 use crate::harness::{Server, data_dir, error_of, fixture};
 
 fn upload_with(server: &Server, token: Option<&str>) -> reqwest::blocking::Response {
-    let client = reqwest::blocking::Client::new();
+    let client = crate::harness::client();
     let mut request = client
         .post(format!("{}/upload?name=m", server.url))
         .header("content-type", "application/wasm")
@@ -37,7 +37,7 @@ fn upload_token_guards_upload_and_delete_but_not_run() {
         "runs stay open"
     );
     assert_eq!(error_of(server.delete("/modules/m")).0, 401);
-    let client = reqwest::blocking::Client::new();
+    let client = crate::harness::client();
     let deleted = client
         .delete(format!("{}/modules/m", server.url))
         .bearer_auth("s3cret")

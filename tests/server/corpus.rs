@@ -76,7 +76,7 @@ fn corpus_instruments_compiles_and_runs_the_same() {
     let checker = Checker {
         engine: Engine::new(&config()).unwrap(),
         server: Server::start(&data_dir("corpus"), &["--run-timeout-ms", "120000"], &[]),
-        client: Client::builder()
+        client: crate::harness::client_builder()
             .timeout(Duration::from_secs(900))
             .build()
             .unwrap(),

@@ -1,6 +1,6 @@
 //! Every bad input gets a clear error and the right status; the server keeps serving.
 
-use crate::harness::{Server, data_dir, error_of, fixture, trace_id_of};
+use crate::harness::{Server, Spans, data_dir, error_of, fixture, trace_id_of};
 
 #[test]
 fn bad_requests_get_specific_errors() {
@@ -111,6 +111,17 @@ fn uninstrumented_and_preinstrumented_modules_run() {
         .unwrap();
     assert_eq!(info["tracing"], "none");
     let response = server.run("name=plain", "aei");
+    let trace_id = trace_id_of(&response);
+    assert_eq!(response.text().unwrap(), "3\n");
+    let spans = Spans::of(&server.trace(&trace_id));
+    assert!(spans.0.len() > 2);
+    for span in &spans.0[2..] {
+        let name = span["name"].as_str().unwrap();
+        assert!(name.starts_with("wasi:"), "only host calls: {name}");
+        assert_eq!(span["parent_span_id"], spans.0[1]["span_id"]);
+    }
+    server.upload_ok_with("bare", &wasm, "&instrument=false&host_spans=false");
+    let response = server.run("name=bare", "aei");
     let trace_id = trace_id_of(&response);
     assert_eq!(response.text().unwrap(), "3\n");
     assert_eq!(

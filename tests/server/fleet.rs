@@ -199,6 +199,8 @@ impl Seaweed {
 
     /// A client of the bucket under `prefix`.
     fn bucket(&self, prefix: &str) -> Bucket {
+        // The S3 client's TLS stack (rustls) is given its provider, as the server does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let store = AmazonS3Builder::new()
             .with_bucket_name(BUCKET)
             .with_endpoint(&self.endpoint)
@@ -734,5 +736,56 @@ fn a_store_that_refuses_the_server_stops_it_at_startup() {
                 && stderr.contains(reason),
             "{store}: {stderr}"
         );
+    }
+}
+
+#[test]
+#[ignore = "needs SEAWEEDFS_WEED (scripts/install-seaweedfs.sh); run by scripts/test"]
+fn a_version_learned_on_any_server_becomes_every_server_s() {
+    let weed = Seaweed::start("learn");
+    let bucket = weed.bucket("learn");
+    let flags = [
+        "--store-poll-ms",
+        "200",
+        "--learn-after-runs",
+        "2",
+        "--learn-after-calls",
+        "1000",
+        "--learn-mean-ns",
+        "100000",
+    ];
+    let [a, b] = ["a", "b"].map(|n| weed.node("learn", n, &flags));
+    let uploaded = a.upload_ok("m", &wat::parse_str(crate::counting::LEARNS).unwrap());
+    wait_until("the upload to reach B", || info(&b, "m").is_some());
+    // Both servers learn from their own runs of the uploaded version; the first to switch the
+    // store's version wins, the other's switch finds it changed and loads it instead.
+    for _ in 0..2 {
+        assert_eq!(a.run("name=m", "").status(), 200);
+        assert_eq!(b.run("name=m", "").status(), 200);
+    }
+    let learned = |server: &Server| info(server, "m").is_some_and(|i| i["generation"] == 1);
+    wait_until("the learned version on A and B", || {
+        learned(&a) && learned(&b)
+    });
+    let stored = bucket.version("m").unwrap();
+    assert_eq!(stored["generation"], 1);
+    assert_eq!(
+        stored["sha256"], uploaded["sha256"],
+        "learned from the same upload"
+    );
+    for server in [&a, &b] {
+        let version = info(server, "m").unwrap();
+        assert_eq!(version["runnable_sha256"], stored["runnable_sha256"]);
+        let map = server
+            .get("/modules/m/functions")
+            .json::<serde_json::Value>()
+            .unwrap();
+        let quick = map["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "quick")
+            .unwrap();
+        assert_eq!(quick["timing"], "learned");
     }
 }

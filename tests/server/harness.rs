@@ -8,6 +8,18 @@ use std::time::Duration;
 
 use reqwest::blocking::{Client, Response, multipart};
 
+/// An HTTP client builder for the tests. The server's TLS stack (rustls, with the provider
+/// chosen at run time) is linked into the tests too, so its provider is installed first.
+pub fn client_builder() -> reqwest::blocking::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::builder()
+}
+
+/// A client with default settings.
+pub fn client() -> Client {
+    client_builder().build().unwrap()
+}
+
 /// A running server, stopped (SIGTERM, then kill) when dropped.
 pub struct Server {
     child: Child,
@@ -53,7 +65,7 @@ impl Server {
             .find(|w| w.starts_with("http://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
-        let client = Client::builder()
+        let client = client_builder()
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap();
@@ -88,7 +100,12 @@ impl Server {
     }
 
     pub fn upload_ok(&self, name: &str, wasm: &[u8]) -> serde_json::Value {
-        let response = self.upload(name, wasm, "");
+        self.upload_ok_with(name, wasm, "")
+    }
+
+    /// Uploads with `query` appended to `name=...` and expects `201`.
+    pub fn upload_ok_with(&self, name: &str, wasm: &[u8], query: &str) -> serde_json::Value {
+        let response = self.upload(name, wasm, query);
         let status = response.status();
         let body = response.text().unwrap();
         assert_eq!(status, 201, "upload {name}: {body}");

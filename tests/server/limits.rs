@@ -19,9 +19,10 @@ fn stdout_cap_truncates_and_stderr_is_a_trace_event() {
         .find(|e| e["name"] == "stderr")
         .expect("stderr event on the run span");
     assert_eq!(
-        stderr["attributes"]["log.record.body"],
+        stderr["attributes"]["log.record.original"],
         "problem on stderr\n"
     );
+    assert_eq!(stderr["attributes"]["log.iostream"], "stderr");
 }
 
 #[test]

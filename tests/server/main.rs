@@ -1,7 +1,10 @@
 //! The server end to end: the real `iota serve` binary on loopback, driven over HTTP.
 
 mod auth;
+mod browser;
+mod client;
 mod corpus;
+mod counting;
 mod errors;
 mod faults;
 mod fleet;
@@ -12,12 +15,16 @@ mod harness;
 mod hooks;
 mod isolation;
 mod limits;
+mod observe;
 mod otlp;
+mod profile;
 #[path = "../common/programs.rs"]
 mod programs;
 mod real;
 mod runs;
+mod sampling;
 mod store;
+mod tls;
 mod volume;
 #[allow(dead_code)]
 #[path = "../common/wasi.rs"]

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use crate::harness::{Server, data_dir, fixture, trace_id_of};
 
 /// A rotel agent printing every span and metric it receives.
-struct Receiver {
+pub struct Receiver {
     child: Child,
-    grpc: String,
-    http: String,
-    output: Arc<Mutex<String>>,
+    pub grpc: String,
+    pub http: String,
+    pub output: Arc<Mutex<String>>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -27,7 +27,7 @@ fn free_port() -> u16 {
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub fn start() -> Receiver {
         let agent = std::env::var("ROTEL_AGENT").expect("ROTEL_AGENT names the rotel-agent binary");
         let (grpc, http) = (
             format!("127.0.0.1:{}", free_port()),
@@ -42,6 +42,8 @@ impl Receiver {
                 "traces",
                 "--debug-log",
                 "metrics",
+                "--debug-log",
+                "logs",
                 "--debug-log-verbosity",
                 "detailed",
             ])
@@ -84,7 +86,7 @@ impl Receiver {
         )
     }
 
-    fn wait_for(&self, done: impl Fn(&str) -> bool, what: &str) {
+    pub fn wait_for(&self, done: impl Fn(&str) -> bool, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if done(&self.output.lock().unwrap()) {
@@ -99,7 +101,7 @@ impl Receiver {
     }
 
     /// The spans of `trace_id` that rotel printed.
-    fn spans(&self, trace_id: &str) -> Vec<ReceivedSpan> {
+    pub fn spans(&self, trace_id: &str) -> Vec<ReceivedSpan> {
         parse_spans(&self.output.lock().unwrap())
             .into_iter()
             .filter(|s| s.trace_id == trace_id)
@@ -115,20 +117,20 @@ impl Drop for Receiver {
 }
 
 #[derive(Debug, Default, Clone)]
-struct ReceivedSpan {
-    trace_id: String,
-    parent_id: String,
-    id: String,
-    name: String,
-    kind: String,
-    start: u128,
-    end: u128,
-    status: String,
-    attributes: HashMap<String, String>,
+pub struct ReceivedSpan {
+    pub trace_id: String,
+    pub parent_id: String,
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub start: u128,
+    pub end: u128,
+    pub status: String,
+    pub attributes: HashMap<String, String>,
 }
 
 /// Parses rotel's detailed debug log: blocks starting `Span #N`.
-fn parse_spans(output: &str) -> Vec<ReceivedSpan> {
+pub fn parse_spans(output: &str) -> Vec<ReceivedSpan> {
     let mut spans = Vec::new();
     let mut current: Option<ReceivedSpan> = None;
     let mut in_attributes = false;
@@ -193,6 +195,171 @@ fn metric_points(output: &str) -> Vec<(String, String, String)> {
         }
     }
     points
+}
+
+/// Log records rotel printed: (trace id, span id, severity text, body).
+fn log_records(output: &str) -> Vec<(String, String, String, String)> {
+    let mut records = Vec::new();
+    let mut current: Option<(String, String, String, String)> = None;
+    for line in output.lines() {
+        let trimmed = line.trim();
+        if line.starts_with("LogRecord #") {
+            records.extend(current.take());
+            current = Some(Default::default());
+            continue;
+        }
+        let Some(record) = current.as_mut() else {
+            continue;
+        };
+        if let Some((key, value)) = trimmed.split_once(':') {
+            let value = value.trim().to_string();
+            match key.trim() {
+                "Trace ID" => record.0 = value,
+                "Span ID" => record.1 = value,
+                "SeverityText" => record.2 = value,
+                "Body" => record.3 = value,
+                "Flags" => records.extend(current.take()),
+                _ => {}
+            }
+        }
+    }
+    records.extend(current);
+    records
+}
+
+fn exports_guest_telemetry(protocol: &str) {
+    let receiver = Receiver::start();
+    let server = receiver.server(
+        protocol,
+        "otlp-observe",
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "200")],
+    );
+    server.upload_ok("obs", &fixture("observe_api.wasm"));
+    let response = server.run("name=obs", "");
+    assert_eq!(response.status(), 200);
+    let trace_id = trace_id_of(&response);
+    let local = server.trace(&trace_id);
+    let span_id = |name: &str| {
+        local["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["span_id"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no span {name}"))
+    };
+
+    // Log records, each in its span.
+    receiver.wait_for(
+        |out| log_records(out).iter().filter(|r| r.0 == trace_id).count() == 2,
+        "two log records",
+    );
+    let logs: Vec<_> = log_records(&receiver.output.lock().unwrap())
+        .into_iter()
+        .filter(|r| r.0 == trace_id)
+        .map(|(_, span, severity, body)| (span, severity, body))
+        .collect();
+    assert_eq!(
+        logs,
+        [
+            (span_id("db-query"), "WARN".into(), "Str(slow query)".into()),
+            (span_id("request"), "INFO".into(), "Str(handled)".into()),
+        ]
+    );
+    // The manual spans and the host call, with their attributes.
+    let expected = local["spans"].as_array().unwrap().len();
+    receiver.wait_for(
+        |out| {
+            parse_spans(out)
+                .iter()
+                .filter(|s| s.trace_id == trace_id)
+                .count()
+                >= expected
+        },
+        "all spans",
+    );
+    let spans = receiver.spans(&trace_id);
+    let request = spans.iter().find(|s| s.name == "request").unwrap();
+    assert_eq!(request.attributes["user"], "Str(42)");
+    let write = spans.iter().find(|s| s.name == "wasi:fd_write").unwrap();
+    assert_eq!(write.attributes["iota.wasi.bytes"], "Int(5)");
+    // The statsd counter, with its tag.
+    receiver.wait_for(
+        |out| {
+            metric_points(out)
+                .iter()
+                .any(|(metric, attributes, value)| {
+                    metric == "handled"
+                        && attributes.contains("route: Str(/x)")
+                        && attributes.contains("iota.module: Str(obs)")
+                        && value == "1"
+                })
+        },
+        "the guest's counter",
+    );
+}
+
+#[test]
+#[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
+fn guest_logs_metrics_and_host_spans_reach_a_real_collector_over_http() {
+    exports_guest_telemetry("http/protobuf");
+}
+
+#[test]
+#[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
+fn guest_logs_metrics_and_host_spans_reach_a_real_collector_over_grpc() {
+    exports_guest_telemetry("grpc");
+}
+
+#[test]
+#[ignore = "needs ROTEL_AGENT (scripts/install-rotel.sh); run by scripts/test"]
+fn sampling_decisions_are_visible_at_the_collector() {
+    let receiver = Receiver::start();
+    let server = receiver.server(
+        "http/protobuf",
+        "otlp-sampling",
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "200")],
+    );
+    server.upload_ok("fib", &fixture("fib.wasm"));
+    let run = |trace: &str, flags: &str| {
+        let traceparent = format!("00-{trace}-00f067aa0ba902b7-{flags}");
+        let response = server.run_with("name=fib", "10", &[("traceparent", &traceparent)]);
+        assert_eq!(response.status(), 200);
+    };
+    let (sampled, unsampled, last) = (
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+        "33333333333333333333333333333333",
+    );
+    run(sampled, "01");
+    run(unsampled, "00");
+    run(last, "01");
+    // Traces leave in order: once the last one is in, the unsampled one would be too.
+    receiver.wait_for(|out| out.contains(last), "the last sampled trace");
+    let out = receiver.output.lock().unwrap().clone();
+    assert!(out.contains(sampled));
+    assert!(
+        !out.contains(unsampled),
+        "the unsampled run exported no span"
+    );
+    assert!(
+        out.contains("faas.name: Str(fib)"),
+        "the function's resource"
+    );
+    drop(out);
+    // Its calls still count: three runs of fib(10), 177 calls each.
+    receiver.wait_for(
+        |out| {
+            metric_points(out)
+                .iter()
+                .any(|(metric, attributes, value)| {
+                    metric == "iota.function.calls"
+                        && attributes.contains("fib::fib")
+                        && value == "531"
+                })
+        },
+        "every run's calls counted",
+    );
 }
 
 fn exports_function_metrics(protocol: &str) {

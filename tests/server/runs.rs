@@ -142,7 +142,7 @@ fn args_stdin_and_exit_codes() {
 #[test]
 fn trap_returns_500_with_message_and_a_closed_trace() {
     let server = Server::start(&data_dir("trap"), &[], &[]);
-    server.upload_ok("trap", &fixture("trap.wasm"));
+    server.upload_ok_with("trap", &fixture("trap.wasm"), "&timing=every_call");
     let response = server.run("name=trap", "");
     let trace_id = trace_id_of(&response);
     let body: serde_json::Value = response.json().unwrap();

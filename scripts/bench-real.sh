@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Overhead of tracing on real programs, side by side on one server (BENCHMARKS.md reports it):
+# CPython 3.12 on four scripts (recursion, JSON, strings, classes), yosys synthesizing a small
+# design, boolector factoring a 34-bit number, and count_vowels. Each program is uploaded
+# twice, traced (the defaults: short calls counted, the rest timed, short calls learned from the
+# first runs) and untraced (instrument=false); after warm-up runs (and the re-instrumentation
+# they teach) each runs ROUNDS times in alternation, and the medians of the runs' own durations
+# (their run spans) are compared.
+# Usage: scripts/bench-real.sh [ROUNDS] (default 5). Fetches yosys and CPython from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+inputs=scripts/bench-real
+wasm=target/real-wasm
+scripts/fetch-real-wasm.sh --with-yosys --with-cpython "$wasm" >/dev/null
+bin=${IOTA_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --quiet --bin iota
+  bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/iota"
+fi
+work=$(mktemp -d)
+"$bin" serve --addr 127.0.0.1:0 --data-dir "$work/data" --run-timeout-ms 120000 \
+  --compile-timeout-ms 600000 >"$work/out" 2>"$work/err" &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 600); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.05; done
+url=$(grep -o 'http://[0-9.:]*' "$work/out")
+echo "machine: $(nproc) cores; $(date -u +%F); release build; $rounds rounds"
+
+# upload NAME FILE QUERY: traced as NAME, untraced as NAME-plain.
+upload() {
+  curl -sf -F "wasm=@$2" "$url/upload?name=$1$3" >/dev/null
+  curl -sf -F "wasm=@$2" "$url/upload?name=$1-plain&instrument=false$3" >/dev/null
+}
+upload py "$wasm/python-3.12.0.wasm" "&unknown_imports=trap"
+upload yosys "$wasm/yosys.wasm" "&unknown_imports=trap"
+upload boolector "$wasm/boolector.wasm" ""
+upload count_vowels fixtures/wasm/count_vowels.wasm ""
+
+# The programs: label, module, query (args), stdin.
+programs=(
+  "cpython-recursion py &arg=- $inputs/recursion.py"
+  "cpython-json py &arg=- $inputs/json_roundtrip.py"
+  "cpython-strings py &arg=- $inputs/strings.py"
+  "cpython-classes py &arg=- $inputs/classes.py"
+  "yosys yosys &arg=-q $inputs/synth.ys"
+  "boolector boolector &arg=--smt2&arg=-m $inputs/factor.smt2"
+  "count_vowels count_vowels & fixtures/rust/count_vowels.rs"
+)
+
+# run MODULE QUERY STDIN: prints the run span's duration (s) and the calls it counted.
+run() {
+  local headers trace_id
+  headers=$(curl -s -D - -o /dev/null -X POST --data-binary "@$3" "$url/run?name=$1$2")
+  trace_id=$(awk 'tolower($1) == "x-iota-trace-id:" {print $2}' <<<"$headers" | tr -d '\r')
+  curl -sf "$url/traces/$trace_id" | python3 -c '
+import json, sys
+t = json.load(sys.stdin)
+run = t["spans"][1]["attributes"]
+print(t["spans"][1]["duration_ns"] / 1e9, run.get("iota.calls.total", 0), run.get("iota.calls.counted", 0))'
+}
+
+# Warm-up: two rounds of every program (the traced versions learn from them), then wait for
+# the re-instrumented versions.
+for _ in 1 2; do
+  for p in "${programs[@]}"; do
+    read -r _ module query stdin <<<"$p"
+    run "$module" "$query" "$stdin" >/dev/null
+    run "$module-plain" "$query" "$stdin" >/dev/null
+  done
+done
+for module in py yosys boolector count_vowels; do
+  # Until learning is over: the re-instrumented version serves, or there was nothing to learn.
+  for _ in $(seq 1200); do
+    state=$(curl -sf "$url/modules/$module" | python3 -c 'import json,sys; print(json.load(sys.stdin)["learning"])')
+    case $state in learned | "nothing to learn" | off) break ;; esac
+    sleep 0.5
+  done
+  curl -sf "$url/modules/$module" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print("%s: %s, %d functions, %d counted (%d learned from its first runs)" % (m["name"], m["learning"], m["functions"], m["counted_functions"], m["learned_functions"]))'
+done
+
+printf '\n| program | untraced (median) | traced (median) | ratio | calls per run | counted |\n|---|---|---|---|---|---|\n'
+for p in "${programs[@]}"; do
+  read -r label module query stdin <<<"$p"
+  plain=() traced=() calls=0 counted=0
+  for _ in $(seq "$rounds"); do
+    read -r seconds _ _ < <(run "$module-plain" "$query" "$stdin")
+    plain+=("$seconds")
+    read -r seconds calls counted < <(run "$module" "$query" "$stdin")
+    traced+=("$seconds")
+  done
+  python3 - "$label" "$calls" "$counted" "${plain[*]}" "${traced[*]}" <<'PY'
+import statistics, sys
+label, calls, counted = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+plain = [float(x) for x in sys.argv[4].split()]
+traced = [float(x) for x in sys.argv[5].split()]
+p, t = statistics.median(plain), statistics.median(traced)
+share = f"{100 * counted / calls:.0f} %" if calls else "-"
+print(f"| {label} | {p * 1e3:.1f} ms | {t * 1e3:.1f} ms | {t / p:.2f}× | {calls:,} | {share} |")
+PY
+done

@@ -1,0 +1,196 @@
+//! Short calls counted, not timed: provably short functions count their calls in the module
+//! (exactly), the rest are timed; the function map says which and why.
+
+use crate::harness::{Server, Spans, data_dir, fixture, trace_id_of};
+
+fn function<'a>(trace: &'a serde_json::Value, needle: &str) -> &'a serde_json::Value {
+    trace["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"].as_str().unwrap().contains(needle))
+        .unwrap_or_else(|| panic!("no {needle}"))
+}
+
+#[test]
+fn short_functions_are_counted_exactly_and_the_map_says_why() {
+    let server = Server::start(&data_dir("counting"), &[], &[]);
+    let info = server.upload_ok("counted", &fixture("count_vowels.wasm"));
+    assert_eq!(info["timing"], "counted");
+    assert!(info["counted_functions"].as_u64().unwrap() > 0);
+    let every = server.upload_ok_with("every", &fixture("count_vowels.wasm"), "&timing=every_call");
+    assert_eq!(every["timing"], "every_call");
+    assert_eq!(every["counted_functions"], 0);
+
+    let map = server
+        .get("/modules/counted/functions")
+        .json::<serde_json::Value>()
+        .unwrap();
+    let entry = |needle: &str| {
+        map["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"].as_str().unwrap().contains(needle))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(entry("is_vowel")["timing"], "counted");
+    assert_eq!(
+        entry("count_vowels::count_vowels")["timing"],
+        serde_json::json!({"timed": "loop"})
+    );
+    assert_eq!(
+        entry("count_vowels::read_input")["timing"],
+        serde_json::json!({"timed": "calls_timed"}),
+        "it calls into the standard library's reader"
+    );
+
+    let input = "Hello, wonderful world!";
+    for name in ["counted", "every"] {
+        let response = server.run(&format!("name={name}"), input);
+        let trace = server.trace(&trace_id_of(&response));
+        assert_eq!(response.text().unwrap(), "6\n");
+        let is_vowel = function(&trace, "is_vowel");
+        assert_eq!(is_vowel["calls"], input.len(), "{name}: one call per byte");
+        let spans = Spans::of(&trace);
+        spans.assert_nested();
+        let vowel_spans = spans.named("count_vowels::is_vowel").len();
+        if name == "counted" {
+            assert_eq!(is_vowel["timed"], false);
+            assert_eq!(vowel_spans, 0);
+            assert_eq!(
+                spans.0[1]["attributes"]["iota.calls.counted"]
+                    .as_u64()
+                    .unwrap(),
+                trace["functions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|f| f["timed"] == false)
+                    .map(|f| f["calls"].as_u64().unwrap())
+                    .sum::<u64>()
+            );
+        } else {
+            assert_eq!(is_vowel["timed"], true);
+            assert_eq!(vowel_spans, input.len());
+        }
+        // The loop that calls it is timed in both.
+        assert_eq!(spans.named("count_vowels::count_vowels").len(), 1);
+    }
+}
+
+/// `_start` calls `$quick` (a two-step loop: the cost model times it) 2,000 times, then
+/// `$slow` (a loop of ten million steps) three times.
+pub(crate) const LEARNS: &str = r#"(module
+  (memory (export "memory") 1)
+  (func $quick (param $n i32) (result i32) (local $i i32)
+    (loop $l
+      (local.set $n (i32.add (local.get $n) (i32.const 3)))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 2))))
+    (local.get $n))
+  (func $slow (param $n i32) (result i32) (local $i i32)
+    (loop $l
+      (local.set $n (i32.xor (i32.mul (local.get $n) (i32.const 31)) (local.get $i)))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 10000000))))
+    (local.get $n))
+  (func (export "_start") (local $i i32) (local $acc i32)
+    (loop $l
+      (local.set $acc (call $quick (local.get $acc)))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 2000))))
+    (local.set $acc (call $slow (local.get $acc)))
+    (local.set $acc (call $slow (local.get $acc)))
+    (local.set $acc (call $slow (local.get $acc)))
+    (i32.store (i32.const 0) (local.get $acc))))"#;
+
+#[test]
+fn short_calls_learned_from_runs_are_counted_and_long_calls_stay_spans() {
+    let dir = data_dir("learning");
+    // Thresholds far from this guest's durations, whatever the machine's load: `quick` takes
+    // well under 100 µs a call, `slow` well over.
+    let flags = [
+        "--learn-after-runs",
+        "2",
+        "--learn-after-calls",
+        "1000",
+        "--learn-mean-ns",
+        "100000",
+    ];
+    let server = Server::start(&dir, &flags, &[]);
+    let wasm = wat::parse_str(LEARNS).unwrap();
+    server.upload_ok("m", &wasm);
+    server.upload_ok_with("fixed", &wasm, "&learn=false");
+    let timing_of = |module: &str, name: &str| {
+        let map = server
+            .get(&format!("/modules/{module}/functions"))
+            .json::<serde_json::Value>()
+            .unwrap();
+        map["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()["timing"]
+            .clone()
+    };
+    assert_eq!(
+        timing_of("m", "quick"),
+        serde_json::json!({"timed": "loop"})
+    );
+    for _ in 0..2 {
+        assert_eq!(server.run("name=m", "").status(), 200);
+        assert_eq!(server.run("name=fixed", "").status(), 200);
+    }
+    crate::harness::wait_until("the learned version", || {
+        server
+            .get("/modules/m")
+            .json::<serde_json::Value>()
+            .unwrap()["generation"]
+            == 1
+    });
+    let info = server
+        .get("/modules/m")
+        .json::<serde_json::Value>()
+        .unwrap();
+    assert_eq!(info["learned_functions"], 1);
+    assert_eq!(timing_of("m", "quick"), "learned");
+    assert_eq!(timing_of("m", "slow"), serde_json::json!({"timed": "loop"}));
+
+    let response = server.run("name=m", "");
+    let trace = server.trace(&trace_id_of(&response));
+    let quick = function(&trace, "quick");
+    assert_eq!(
+        (quick["calls"].as_u64(), &quick["timed"]),
+        (Some(2000), &serde_json::json!(false))
+    );
+    let spans = Spans::of(&trace);
+    assert!(spans.named("quick").is_empty());
+    let slow = spans.named("slow");
+    assert_eq!(slow.len(), 3, "every long call is still a span");
+    assert!(
+        slow.iter()
+            .all(|s| s["duration_ns"].as_u64().unwrap() > 100_000)
+    );
+
+    // A module that asked not to learn keeps its timing.
+    let fixed = server
+        .get("/modules/fixed")
+        .json::<serde_json::Value>()
+        .unwrap();
+    assert_eq!(fixed["generation"], 0);
+    assert_eq!(
+        timing_of("fixed", "quick"),
+        serde_json::json!({"timed": "loop"})
+    );
+
+    // The learned version is stored: a restart serves it.
+    server.stop();
+    let server = Server::start(&dir, &flags, &[]);
+    let info = server
+        .get("/modules/m")
+        .json::<serde_json::Value>()
+        .unwrap();
+    assert_eq!(info["generation"], 1);
+    let trace = server.trace(&trace_id_of(&server.run("name=m", "")));
+    assert_eq!(function(&trace, "quick")["timed"], false);
+}
