@@ -11,8 +11,14 @@
 #         scripts/fetch-real-wasm.sh --with-yosys)
 #   trace the cost of host-call spans (100,000 WASI calls, timed and not) and of a sampled
 #         run against an unsampled one (fib(33), 11.4M calls), rounds alternating
-# Usage: scripts/bench-server.sh [p3|p4|p5|soak|chaos|storm|trace|all] (default all: all but
-# storm).
+#   fleet servers on a shared S3 store (SeaweedFS on loopback, scripts/install-seaweedfs.sh):
+#         time from an upload on A to the first successful run on B; a new server's start with
+#         100 modules in the store (artifacts fetched), against a restart with a warm cache, a
+#         data directory, and one that must compile them (and yosys.wasm among them, if
+#         scripts/fetch-real-wasm.sh --with-yosys fetched it); /run on a server with the S3
+#         store against one with the data directory, rounds alternating
+# Usage: scripts/bench-server.sh [p3|p4|p5|soak|chaos|storm|trace|fleet|all] (default all: all
+# but storm and fleet).
 # wrk comes from Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +35,10 @@ fi
 work=$(mktemp -d)
 pid=
 stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi; }
-trap 'stop; rm -rf "$work"' EXIT
+# Servers and the store of `fleet`, stopped on exit.
+others=()
+stop_others() { for p in "${others[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; others=(); }
+trap 'stop; stop_others; rm -rf "$work"' EXIT
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%F)"
 
 # start DATA_DIR [flags...]: starts the server; sets $pid, $url and $ready (seconds until it
@@ -48,6 +57,7 @@ start() {
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
 peak_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
 upload() { curl -sf -F "wasm=@$2" "$url/upload?name=$1$3" >/dev/null; }
+upload_to() { curl -sf -F "wasm=@$3" "$1/upload?name=$2" >/dev/null; }
 printf 'wrk.method = "POST"\nwrk.body = "Hello, world!"\n' >"$work/post.lua"
 
 # Server CPU time so far (user + system), in clock ticks.
@@ -269,8 +279,170 @@ print(f'fib(33), 11,405,773 calls: {s:.3f} s sampled, {u:.3f} s unsampled (total
   stop
 }
 
+# variants DIR N: N distinct modules (the Rust fixtures, each with its own custom section).
+variants() {
+  python3 - "$1" "$2" <<'PY'
+import glob, os, sys
+out, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(out, exist_ok=True)
+fixtures = sorted(glob.glob("fixtures/wasm/*.wasm"))
+rust = [f for f in fixtures if os.path.basename(f)[:-5] in
+        ("count_vowels", "exit3", "fib", "grow", "indirect", "nested", "trap")] or fixtures
+for i in range(n):
+    src = rust[i % len(rust)]
+    name = f"variant-{i}".encode()
+    payload = bytes([len(name)]) + name + b"bench"
+    with open(src, "rb") as f:
+        wasm = f.read()
+    with open(f"{out}/m{i:03}.wasm", "wb") as f:
+        f.write(wasm + bytes([0, len(payload)]) + payload)
+PY
+}
+
+# seaweed: SeaweedFS on free loopback ports in $work/weed with a bucket `iota`; exports the
+# AWS_* variables of a server using it.
+seaweed() {
+  local weed dir ports
+  weed=$(scripts/install-seaweedfs.sh)
+  dir="$work/weed"
+  mkdir -p "$dir"
+  printf '{"identities": [{"name": "iota", "credentials": [{"accessKey": "bench", "secretKey": "bench-secret"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}' >"$dir/s3.json"
+  read -r -a ports <<<"$(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(8)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+  "$weed" server -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+    -master.volumeSizeLimitMB=64 -volume.max=0 -s3 -s3.port.iceberg=0 -s3.port.lance=0 \
+    -master.port="${ports[0]}" -master.port.grpc="${ports[1]}" -volume.port="${ports[2]}" \
+    -volume.port.grpc="${ports[3]}" -filer.port="${ports[4]}" -filer.port.grpc="${ports[5]}" \
+    -s3.port="${ports[6]}" -s3.port.grpc="${ports[7]}" -s3.config="$dir/s3.json" >"$dir/log" 2>&1 &
+  others+=($!)
+  for _ in $(seq 600); do
+    if echo "s3.bucket.create -name iota" | timeout 20 "$weed" shell \
+      -master="127.0.0.1:${ports[0]}.${ports[1]}" -filer="127.0.0.1:${ports[4]}.${ports[5]}" 2>/dev/null |
+      grep -qE 'created bucket|already exist'; then
+      break
+    fi
+    sleep 0.1
+  done
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
+    AWS_ENDPOINT="http://127.0.0.1:${ports[6]}" AWS_ALLOW_HTTP=true
+}
+
+# launch NAME DATA_DIR [flags...]: starts a server beside the others; sets ${NAME}_url,
+# ${NAME}_pid and ${NAME}_ready (seconds until it listened).
+launch() {
+  local name=$1 data=$2 t0 p
+  shift 2
+  t0=$(date +%s.%N)
+  "$bin" serve --addr 127.0.0.1:0 --data-dir "$data" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  p=$!
+  others+=("$p")
+  for _ in $(seq 60000); do grep -q listening "$work/$name.out" 2>/dev/null && break; sleep 0.005; done
+  printf -v "${name}_pid" '%s' "$p"
+  printf -v "${name}_url" '%s' "$(grep listening "$work/$name.out" | grep -o 'http://[0-9.:]*')"
+  printf -v "${name}_ready" '%s' "$(python3 -c "print(f'{$(date +%s.%N) - $t0:.3f}')")"
+}
+
+# metric URL NAME: a value of /metrics.
+metric() { curl -sf "$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+
+fleet() {
+  echo "## Fleet: servers on one S3 store (SeaweedFS $("$(scripts/install-seaweedfs.sh)" version 2>/dev/null | awk 'NR == 1 {print $3}') on loopback, same machine)"
+  seaweed
+  local store=s3://iota/bench
+  launch a "$work/fleet-a" --store "$store" --instance-id a
+  launch b "$work/fleet-b" --store "$store" --instance-id b
+  echo "### Upload on A to the first successful run on B (--store-poll-ms 1000, the default), 20 modules"
+  variants "$work/prop" 20
+  python3 - "$a_url" "$b_url" "$work/prop" <<'PY'
+import glob, random, statistics, sys, time, urllib.error, urllib.request
+a, b, mods = sys.argv[1], sys.argv[2], sorted(glob.glob(sys.argv[3] + "/*.wasm"))
+def post(url, data):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST")) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+times = []
+for i, path in enumerate(mods):
+    name = f"p{i}"
+    # Uploads at random points of B's poll interval (one right after B's last load would
+    # always wait nearly a whole interval).
+    time.sleep(random.random())
+    assert post(f"{a}/upload?name={name}", open(path, "rb").read()) == 201
+    t0 = time.perf_counter()
+    # Any answer but 404 means B has the module (some variants exit non-zero or trap).
+    while post(f"{b}/run?name={name}", b"10") == 404:
+        time.sleep(0.005)
+    times.append(time.perf_counter() - t0)
+    urllib.request.urlopen(urllib.request.Request(f"{a}/modules/{name}", method="DELETE"))
+q = statistics.quantiles(times, n=10)
+print(f"seconds from the 201 on A to B's first run: min {min(times):.3f}, median "
+      f"{statistics.median(times):.3f}, p90 {q[8]:.3f}, max {max(times):.3f}")
+PY
+
+  echo "### A new server's start with 100 modules in the store"
+  variants "$work/cold" 100
+  local t0 t1
+  t0=$(date +%s.%N)
+  for f in "$work"/cold/*.wasm; do upload_to "$a_url" "c$(basename "$f" .wasm)" "$f"; done
+  t1=$(date +%s.%N)
+  echo "100 uploads on A: $(python3 -c "print(f'{$t1 - $t0:.1f}')") s"
+  # Local: the same 100 modules in a data directory.
+  launch l "$work/fleet-local"
+  for f in "$work"/cold/*.wasm; do upload_to "$l_url" "c$(basename "$f" .wasm)" "$f"; done
+  kill "$l_pid"; wait "$l_pid" 2>/dev/null || true
+  for round in 1 2 3; do
+    rm -rf "$work/fleet-new"
+    launch n "$work/fleet-new" --store "$store" --instance-id "new$round"
+    echo "round $round: new server (empty cache): ready in $n_ready s, $(grep -o '([0-9]* modules loaded)' "$work/n.out"), artifacts fetched $(metric "$n_url" iota_store_artifacts_fetched_total), compiled $(metric "$n_url" iota_store_artifacts_compiled_total)"
+    kill "$n_pid"; wait "$n_pid" 2>/dev/null || true
+    launch n "$work/fleet-new" --store "$store" --instance-id "new$round"
+    echo "round $round: same server restarted (warm cache): ready in $n_ready s, artifacts fetched $(metric "$n_url" iota_store_artifacts_fetched_total) (from the cache)"
+    kill "$n_pid"; wait "$n_pid" 2>/dev/null || true
+    launch l "$work/fleet-local"
+    echo "round $round: data directory restart: ready in $l_ready s, $(grep -o '([0-9]* modules loaded)' "$work/l.out")"
+    kill "$l_pid"; wait "$l_pid" 2>/dev/null || true
+  done
+  if [ -s target/real-wasm/yosys.wasm ]; then
+    local out
+    out=$(curl -sf -F "wasm=@target/real-wasm/yosys.wasm" "$a_url/upload?name=yosys&unknown_imports=trap")
+    echo "yosys.wasm uploaded on A: $(python3 -c "import json, sys; t = json.loads(sys.argv[1])['timings_ms']; print(f\"compile {t['compile_ms'] / 1e3:.1f} s, store {t['store_ms'] / 1e3:.1f} s\")" "$out")"
+    rm -rf "$work/fleet-new"
+    launch n "$work/fleet-new" --store "$store" --instance-id yosys
+    echo "new server with yosys among 101 modules: ready in $n_ready s, artifacts fetched $(metric "$n_url" iota_store_artifacts_fetched_total), compiled $(metric "$n_url" iota_store_artifacts_compiled_total), $(du -sh "$work/fleet-new/cache" | cut -f1) cached"
+    kill "$n_pid"; wait "$n_pid" 2>/dev/null || true
+  fi
+  # A server whose engine has no artifacts compiles them all: the data directory without them.
+  rm -f "$work"/fleet-local/compiled/*.cwasm
+  launch l "$work/fleet-local"
+  echo "data directory without artifacts (compiles 100): ready in $l_ready s, compiled $(metric "$l_url" iota_store_artifacts_compiled_total)"
+  kill "$l_pid"; wait "$l_pid" 2>/dev/null || true
+
+  echo "### /run count_vowels: the S3 store against the data directory, wrk -t2 -c16, 10 s per measurement"
+  launch l "$work/fleet-run-local"
+  upload_to "$a_url" traced fixtures/wasm/count_vowels.wasm
+  upload_to "$l_url" traced fixtures/wasm/count_vowels.wasm
+  # B serves from the store, A's upload.
+  for _ in $(seq 1000); do [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$b_url/run?name=traced")" = 200 ] && break; sleep 0.01; done
+  kill "$a_pid"; wait "$a_pid" 2>/dev/null || true
+  printf '%-9s %10s %9s %9s %7s %12s\n' store req/s p50 p99 errors 'cpu µs/req'
+  # The order alternates from round to round.
+  for round in 1 2 3 4; do
+    for store in local s3; do
+      if [ $((round % 2)) = 0 ]; then store=$([ "$store" = local ] && echo s3 || echo local); fi
+      if [ "$store" = local ]; then pid=$l_pid url=$l_url; else pid=$b_pid url=$b_url; fi
+      echo "$(wrk_line traced 10 16)   $store (round $round)"
+    done
+  done
+  pid=
+  stop_others
+}
+
 case $what in
-  p3 | p4 | p5 | soak | chaos | storm | trace) "$what" ;;
+  p3 | p4 | p5 | soak | chaos | storm | trace | fleet) "$what" ;;
   all) p3; p4; p5; soak; chaos; trace ;;
-  *) echo "usage: $0 [p3|p4|p5|soak|chaos|storm|trace|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [p3|p4|p5|soak|chaos|storm|trace|fleet|all]" >&2; exit 2 ;;
 esac

@@ -21,9 +21,42 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_ADDR", default_value = "127.0.0.1:3000")]
     pub addr: SocketAddr,
 
-    /// Directory holding uploaded modules and their compiled artifacts.
+    /// Directory holding uploaded modules and their compiled artifacts (with `--store`: the
+    /// local cache of the store and the compile workers' scratch space).
     #[arg(long, env = "IOTA_DATA_DIR", default_value = "./iota-data")]
     pub data_dir: PathBuf,
+
+    /// Module store shared by several servers: `s3://bucket` or `s3://bucket/prefix` in any
+    /// S3-compatible store, configured by the standard `AWS_*` variables (endpoint, region,
+    /// credentials, `AWS_ALLOW_HTTP`). Default: the data directory, for this server alone.
+    #[arg(long, env = "IOTA_STORE")]
+    pub store: Option<String>,
+
+    /// How often the store is checked for modules other servers uploaded, replaced or deleted,
+    /// in milliseconds.
+    #[arg(long, env = "IOTA_STORE_POLL_MS", default_value_t = 1000)]
+    pub store_poll_ms: u64,
+
+    /// Limit of one request to the store, retries included, in milliseconds; an upload or
+    /// delete that cannot reach the store in time is refused with `503`.
+    #[arg(long, env = "IOTA_STORE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub store_timeout_ms: u64,
+
+    /// Content of a shared store that nothing refers to is removed once it is this old, in
+    /// milliseconds; an upload must switch its version before its first write to the store is
+    /// this old, less a collection pass's limit (a quarter of it, 30 s at most).
+    #[arg(long, env = "IOTA_STORE_GRACE_MS", default_value_t = 600_000)]
+    pub store_grace_ms: u64,
+
+    /// Local copies of a shared store's content kept in the data directory, in MiB, least
+    /// recently used dropped first (those of the loaded modules are kept whatever this says).
+    #[arg(long, env = "IOTA_CACHE_MAX_MB", default_value_t = 2048)]
+    pub cache_max_mb: u64,
+
+    /// This server's `service.instance.id` on its spans and metrics, and the name of its lease
+    /// in a shared store (default: the host name and a random suffix).
+    #[arg(long, env = "IOTA_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 
     /// OTLP collector endpoint; without one, traces are kept in memory only (GET /traces).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -180,6 +213,54 @@ impl ServeConfig {
         if self.memory_limit_mb == 0 {
             return Err("--memory-limit-mb must be at least 1".into());
         }
+        if self.store_poll_ms == 0 || self.store_timeout_ms == 0 {
+            return Err("--store-poll-ms and --store-timeout-ms must be at least 1".into());
+        }
+        if self.store_grace_ms < 1000 {
+            return Err("--store-grace-ms must be at least 1000".into());
+        }
+        if let Some(id) = &self.instance_id {
+            check_instance_id(id)?;
+        }
         Ok(())
+    }
+
+    /// This server's instance id: `--instance-id`, or the host name and a random suffix (a
+    /// pod's name on Kubernetes, unique among processes on one machine).
+    pub fn instance_id(&self) -> String {
+        if let Some(id) = &self.instance_id {
+            return id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| {
+                h.trim()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || "_.-".contains(*c))
+                    .take(64)
+                    .collect::<String>()
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "iota".into());
+        format!("{host}-{:08x}", rand::random::<u32>())
+    }
+}
+
+/// An instance id names an object in the store: `[A-Za-z0-9_.-]{1,128}`.
+fn check_instance_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--instance-id {id:?}: use 1 to 128 characters from A-Z a-z 0-9 _ . -"
+        ))
     }
 }

@@ -10,9 +10,12 @@ use iota::api::{AppState, Tokens, UploadCounters, app};
 use iota::compile::worker::WorkerArgs;
 use iota::compile::{CompileSettings, Compiler};
 use iota::learning::{LearnRequest, LearnSettings};
-use iota::registry::Registry;
+use iota::registry::{Registry, RegistrySettings};
 use iota::runs::{RunCounters, RunSlots, TraceSinks};
 use iota::runtime::{RunLimits, Runtime};
+use iota::store::Store;
+use iota::store::local::LocalStore;
+use iota::store::s3::S3Store;
 use iota::trace::SpanVolume;
 use iota::trace::export::Exporter;
 use iota::trace::recent::RecentTraces;
@@ -44,7 +47,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // The store client logs each retry; the registry logs the store going away once.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,object_store=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -80,10 +85,38 @@ fn serve(config: ServeConfig) -> Result<()> {
         mean_ns: config.learn_mean_ns,
         min_calls: config.learn_min_calls,
     };
-    let registry = Registry::open(&config.data_dir, runtime.clone(), learn, |scratch| {
-        Compiler::new(program, scratch.to_path_buf(), compile)
-    })
-    .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    let instance = config.instance_id();
+    let request_timeout = Duration::from_millis(config.store_timeout_ms);
+    let store: Arc<dyn Store> = match &config.store {
+        None => Arc::new(
+            LocalStore::open(&config.data_dir)
+                .with_context(|| format!("opening data directory {}", config.data_dir.display()))?,
+        ),
+        Some(url) => Arc::new(S3Store::new(url, request_timeout)?),
+    };
+    let location = store.location();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let settings = RegistrySettings {
+        data_dir: config.data_dir.clone(),
+        instance: instance.clone(),
+        poll: Duration::from_millis(config.store_poll_ms),
+        grace: Duration::from_millis(config.store_grace_ms),
+        request_timeout,
+        cache_max_bytes: config.cache_max_mb.saturating_mul(1 << 20),
+    };
+    let registry = tokio
+        .block_on(Registry::open(
+            store,
+            settings,
+            runtime.clone(),
+            learn,
+            |scratch| Compiler::new(program, scratch.to_path_buf(), compile),
+        ))
+        .with_context(|| format!("opening the module store ({location})"))?;
+    let registry = Arc::new(registry);
+    tracing::info!(store = location, instance, "module store open");
     let exporter = match &config.otlp_endpoint {
         Some(endpoint) => {
             let protocol = match config.otlp_protocol {
@@ -91,7 +124,7 @@ fn serve(config: ServeConfig) -> Result<()> {
                 OtlpProtocol::HttpProtobuf => "http/protobuf",
             };
             tracing::info!(endpoint, protocol, "exporting spans over OTLP");
-            Some(Exporter::start(endpoint, config.otlp_protocol)?)
+            Some(Exporter::start(endpoint, config.otlp_protocol, &instance)?)
         }
         None => {
             tracing::info!("no OTLP endpoint: traces are kept in memory (GET /traces)");
@@ -139,9 +172,7 @@ fn serve(config: ServeConfig) -> Result<()> {
         learner,
     });
 
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let maintenance = tokio.spawn(state.registry.clone().maintain());
     tokio.block_on(async {
         // Versions that learned which calls are short are re-instrumented one at a time.
         let learning = state.clone();
@@ -171,6 +202,7 @@ fn serve(config: ServeConfig) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     // Requests are done, and with them their runs: flush what is queued for the collector.
+    maintenance.abort();
     drop(state);
     executor.shutdown_timeout(Duration::from_secs(1));
     if let Some(mut sinks) = Arc::into_inner(sinks)

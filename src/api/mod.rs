@@ -29,7 +29,7 @@ use crate::trace::sampling::Sampler;
 /// Shared state of the server.
 pub struct AppState {
     /// Stored modules.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// The engine and linker.
     pub runtime: Arc<Runtime>,
     /// Slots for runs executing at once.

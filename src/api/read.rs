@@ -54,7 +54,10 @@ pub(super) async fn get_function_map(
     if state.registry.get(&name).is_none() {
         return Err(ApiError::no_module(&name));
     }
-    let map = tokio::task::block_in_place(|| state.registry.function_map(&name))
+    let map = state
+        .registry
+        .function_map(&name)
+        .await
         .map_err(|e| ApiError::internal(format!("{e:#}")))?
         .ok_or_else(|| {
             ApiError::new(
@@ -228,5 +231,12 @@ pub(super) async fn metrics(
     ] {
         text.push_str(&metric(name, "gauge", help, value));
     }
+    for (name, kind, help, value) in state.registry.metrics() {
+        text.push_str(&metric(name, kind, help, value));
+    }
+    text.push_str(&format!(
+        "# HELP iota_instance_info This server's service.instance.id.\n# TYPE iota_instance_info gauge\niota_instance_info{{service_instance_id=\"{}\"}} 1\n",
+        state.registry.instance()
+    ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -15,6 +15,7 @@ use super::auth::authorize;
 use super::error::ApiError;
 use super::query::Query;
 use crate::registry::{UploadError, UploadOptions, validate_name};
+use crate::store::StoreError;
 use crate::trace::SpanOverrides;
 
 /// Seconds a client refused for a full upload queue is told to wait.
@@ -87,9 +88,24 @@ fn upload_options(query: &Query, state: &AppState) -> Result<UploadOptions, ApiE
     })
 }
 
+/// Seconds a client refused because the module store failed is told to wait.
+const STORE_RETRY_AFTER_SECS: u64 = 5;
+
+/// The answer to a store failure: `503` while the store fails or refuses, `500` otherwise.
+fn store_error(error: StoreError, what: &str) -> ApiError {
+    match error {
+        StoreError::Unavailable(_) | StoreError::Refused(_) => ApiError::unavailable(
+            format!("{error}; {what}, retry later"),
+            STORE_RETRY_AFTER_SECS,
+        ),
+        StoreError::Other(err) => ApiError::internal(format!("{err:#}")),
+    }
+}
+
 fn upload_error(error: UploadError) -> ApiError {
     match error {
         UploadError::Internal(err) => ApiError::internal(format!("{err:#}")),
+        UploadError::Store(err) => store_error(err, "the module was not changed"),
         UploadError::Busy(_) => ApiError::unavailable(error.to_string(), UPLOAD_RETRY_AFTER_SECS),
         UploadError::TooCostly(_) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
@@ -184,13 +200,12 @@ pub(super) async fn delete_module(
 ) -> Result<StatusCode, ApiError> {
     authorize(&headers, state.tokens.upload.as_deref())?;
     validate_name(&name).map_err(ApiError::bad_request)?;
-    let deleted = tokio::task::block_in_place(|| state.registry.delete(&name));
-    match deleted {
+    match state.registry.delete(&name).await {
         Ok(true) => {
             state.sinks.stats.forget(&name);
             Ok(StatusCode::NO_CONTENT)
         }
         Ok(false) => Err(ApiError::no_module(&name)),
-        Err(err) => Err(ApiError::internal(format!("{err:#}"))),
+        Err(err) => Err(store_error(err, "the module was not deleted")),
     }
 }

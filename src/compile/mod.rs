@@ -146,6 +146,29 @@ impl Compiler {
         time_every_call: bool,
         count_also: &[u32],
     ) -> Result<Compiled, CompileError> {
+        self.run(wasm, symbol_map, instrument, time_every_call, count_also)
+            .await
+    }
+
+    /// Compiles a stored runnable module for this server's engine (one another server
+    /// uploaded, with an engine of its own) in a worker, as uploads are, when a compile turn is
+    /// free. The caller is the server itself, so it takes no place in the upload queue.
+    ///
+    /// # Errors
+    ///
+    /// See [`CompileError`].
+    pub async fn precompile(&self, wasm: &[u8]) -> Result<Compiled, CompileError> {
+        self.run(wasm, None, false, false, &[]).await
+    }
+
+    async fn run(
+        &self,
+        wasm: &[u8],
+        symbol_map: Option<&str>,
+        instrument: bool,
+        time_every_call: bool,
+        count_also: &[u32],
+    ) -> Result<Compiled, CompileError> {
         let _turn = self
             .compiling
             .clone()

@@ -64,7 +64,8 @@ pub struct Exporter {
 
 impl Exporter {
     /// Connects an exporter to `endpoint` (also configured by the standard `OTEL_EXPORTER_OTLP_*`
-    /// variables: headers, timeout; the service name comes from `OTEL_SERVICE_NAME`). Per-function
+    /// variables: headers, timeout; the service name comes from `OTEL_SERVICE_NAME`); spans and
+    /// metrics carry `service.instance.id` = `instance`. Per-function
     /// metrics go to the same collector every `OTEL_METRIC_EXPORT_INTERVAL` milliseconds
     /// (default 60000), cumulative unless `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`
     /// is `delta`.
@@ -72,7 +73,7 @@ impl Exporter {
     /// # Errors
     ///
     /// If the exporter cannot be built (a malformed endpoint, say).
-    pub fn start(endpoint: &str, protocol: OtlpProtocol) -> Result<Self> {
+    pub fn start(endpoint: &str, protocol: OtlpProtocol, instance: &str) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -86,10 +87,11 @@ impl Exporter {
                 transport.logs()?,
             ))
         })?;
-        let resource = base_resource().build();
+        let resource = base_resource(instance).build();
         spans.set_resource(&resource);
         logs.set_resource(&resource);
         let function_metrics = FunctionMetrics::new(resource, temporality);
+        let instance = instance.to_string();
         let stats = Arc::new(ExportStats::default());
         let (queue, traces) = mpsc::sync_channel(QUEUE);
         let worker_stats = stats.clone();
@@ -106,6 +108,7 @@ impl Exporter {
                         logger: SdkLoggerProvider::builder().build().logger("iota"),
                         function_metrics,
                         metrics_interval: metrics_interval(),
+                        instance,
                     },
                     traces,
                     &worker_stats,
@@ -151,16 +154,18 @@ impl Drop for Exporter {
     }
 }
 
-/// The resource of everything the server exports: its service name (and whatever
-/// `OTEL_RESOURCE_ATTRIBUTES` adds).
-fn base_resource() -> opentelemetry_sdk::resource::ResourceBuilder {
-    Resource::builder().with_service_name(service_name())
+/// The resource of everything the server exports: its service name, its instance (and
+/// whatever `OTEL_RESOURCE_ATTRIBUTES` adds).
+fn base_resource(instance: &str) -> opentelemetry_sdk::resource::ResourceBuilder {
+    Resource::builder()
+        .with_service_name(service_name())
+        .with_attribute(KeyValue::new("service.instance.id", instance.to_string()))
 }
 
 /// The resource of a module version's spans and logs: the server's, with the function it ran
 /// (`faas.name`: the module; `faas.version`: the start of its SHA-256).
-fn function_resource(trace: &TraceRecord) -> Resource {
-    base_resource()
+fn function_resource(instance: &str, trace: &TraceRecord) -> Resource {
+    base_resource(instance)
         .with_attributes([
             KeyValue::new("faas.name", trace.module.clone()),
             KeyValue::new(
@@ -206,6 +211,8 @@ struct Sinks {
     logger: SdkLogger,
     function_metrics: FunctionMetrics,
     metrics_interval: Duration,
+    /// The server's `service.instance.id`.
+    instance: String,
 }
 
 async fn export_loop(
@@ -244,7 +251,7 @@ async fn export_loop(
                 batch.retain(|trace| trace.sampled);
                 batch.sort_by(|a, b| (&a.module, &a.version).cmp(&(&b.module, &b.version)));
                 for group in batch.chunk_by(|a, b| a.module == b.module && a.version == b.version) {
-                    let resource = function_resource(&group[0]);
+                    let resource = function_resource(&sinks.instance, &group[0]);
                     sinks.spans.set_resource(&resource);
                     sinks.logs.set_resource(&resource);
                     let spans = group.iter().flat_map(|t| span_data(t, false)).collect();

@@ -82,7 +82,7 @@ fn short_functions_are_counted_exactly_and_the_map_says_why() {
 
 /// `_start` calls `$quick` (a two-step loop: the cost model times it) 2,000 times, then
 /// `$slow` (a loop of ten million steps) three times.
-const LEARNS: &str = r#"(module
+pub(crate) const LEARNS: &str = r#"(module
   (memory (export "memory") 1)
   (func $quick (param $n i32) (result i32) (local $i i32)
     (loop $l

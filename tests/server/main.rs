@@ -7,6 +7,7 @@ mod corpus;
 mod counting;
 mod errors;
 mod faults;
+mod fleet;
 // Shared with the instrumenter tests; the server tests use only part of them.
 mod harness;
 #[allow(dead_code)]

@@ -388,6 +388,13 @@ fn exports_function_metrics(protocol: &str) {
             })
     };
     receiver.wait_for(fib_calls, "iota.function.calls of fib::fib = 3 x 177");
+    let output = receiver.output.lock().unwrap().clone();
+    let metrics = output.split_once("ResourceMetrics").map_or("", |(_, m)| m);
+    let metrics = metrics.split("ResourceSpans").next().unwrap_or_default();
+    assert!(
+        metrics.contains("service.instance.id: Str("),
+        "the server's instance on its metrics"
+    );
     let points = metric_points(&receiver.output.lock().unwrap());
     for metric in [
         "iota.function.duration",
@@ -425,7 +432,14 @@ fn function_metrics_reach_a_real_collector_over_grpc() {
 
 fn exports_nested_function_spans(protocol: &str) {
     let receiver = Receiver::start();
-    let server = receiver.server(protocol, "otlp", &[("OTEL_SERVICE_NAME", "iota-otlp-test")]);
+    let server = receiver.server(
+        protocol,
+        "otlp",
+        &[
+            ("OTEL_SERVICE_NAME", "iota-otlp-test"),
+            ("IOTA_INSTANCE_ID", "iota-otlp-node"),
+        ],
+    );
     server.upload_ok("fib", &fixture("fib.wasm"));
     let response = server.run("name=fib", "10");
     assert_eq!(response.status(), 200);
@@ -450,6 +464,13 @@ fn exports_nested_function_spans(protocol: &str) {
             .lock()
             .unwrap()
             .contains("service.name: Str(iota-otlp-test)")
+    );
+    assert!(
+        receiver
+            .output
+            .lock()
+            .unwrap()
+            .contains("service.instance.id: Str(iota-otlp-node)")
     );
 
     let by_id: HashMap<&str, &ReceivedSpan> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
