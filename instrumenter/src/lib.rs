@@ -11,6 +11,12 @@
 //! index in the output module. Input is validated with [`features`]; what cannot be
 //! instrumented is refused with an [`ErrorKind`] that says why.
 //!
+//! A component comes out a component: every core module inside it (nested components too) is
+//! rewritten as above, ids are unique across the component ([`FunctionEntry::module`] says
+//! which module a function belongs to), and the hooks are one imported interface,
+//! `dylibso:observe/instrument` with `enter: func(id: u32)`, `exit: func(id: u32)` and
+//! `memory-grow: func(pages: u32)`, lowered into each core instance that needs it.
+//!
 //! # Examples
 //!
 //! ```
@@ -26,6 +32,7 @@
 mod abi;
 mod bodies;
 mod body;
+mod component;
 mod dwarf;
 mod error;
 mod facts;
@@ -39,6 +46,7 @@ pub use abi::{
     ENTER, EXIT, HOOK_MODULE, LEGACY_ENTER, LEGACY_EXIT, LEGACY_HOOK_MODULE, LEGACY_MEMORY_GROW,
     MARKER_SECTION, MEMORY_GROW, is_trace_hook,
 };
+pub use component::{component_features, is_component};
 pub use dwarf::SourceInfo;
 pub use error::{Error, ErrorKind, Result, Warning};
 pub use features::features;
@@ -68,22 +76,23 @@ pub struct Instrumented {
 ///
 /// The input is validated first, with the WebAssembly proposals the rewrite supports
 /// ([`features`]). The output is deterministic: the same bytes and options give the same
-/// module. Debug builds validate the output too.
+/// module. Debug builds validate the output too. A component ([`is_component`]) is validated
+/// with [`component_features`] and instrumented module by module.
 ///
 /// # Errors
 ///
 /// [`ErrorKind::Invalid`] (with the byte offset, and the function index for an invalid body:
 /// the lowest one if several are) if `wasm` is not a valid module, [`ErrorKind::Unsupported`]
-/// if it uses a proposal the rewrite does not support, [`ErrorKind::Component`] for a
-/// component, [`ErrorKind::ObjectFile`] for a relocatable object file,
+/// if it uses a proposal the rewrite does not support, [`ErrorKind::ComponentUnsupported`] for
+/// a component that cannot be instrumented, [`ErrorKind::ObjectFile`] for a relocatable object file,
 /// [`ErrorKind::HookConflict`] if it imports a hook name with another kind or type,
 /// [`ErrorKind::AlreadyInstrumented`] if it already calls the hooks (unless
 /// [`IfInstrumented::PassThrough`]), and [`ErrorKind::Pattern`] for a bad include/exclude glob.
 pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
-    let selector = options.selector()?;
     if Parser::is_component(wasm) {
-        return Err(Error::new(ErrorKind::Component).at(0));
+        return component::instrument(wasm, options);
     }
+    let selector = options.selector()?;
     if !wasm.starts_with(b"\0asm") {
         return Err(Error::new(ErrorKind::Invalid(
             "not a WebAssembly module (it does not start with `\\0asm`)".into(),
@@ -110,14 +119,14 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
             IfInstrumented::Fail => Err(Error::new(ErrorKind::AlreadyInstrumented)),
             IfInstrumented::PassThrough => Ok(Instrumented {
                 wasm: wasm.to_vec(),
-                functions: names.function_map(0, |slot, _| calls_enter[slot]),
+                functions: names.function_map(options.id_base, |slot, _| calls_enter[slot]),
                 passed_through: true,
                 warnings,
             }),
         };
     }
 
-    let functions = names.function_map(abi::HOOKS.len() as u32, |_, names| {
+    let functions = names.function_map(abi::HOOKS.len() as u32 + options.id_base, |_, names| {
         selector.selects_all() || selector.selects(names)
     });
     let selected = functions.iter().map(|f| f.instrumented).collect();
@@ -128,6 +137,7 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
         options.unwind(),
         options.keeps_debug(),
     )?;
+    rewriter.id_base = options.id_base;
     let rewritten = bodies::rewrite_bodies(&rewriter, pending)?;
     rewriter.set_bodies(rewritten);
     let mut module = wasm_encoder::Module::new();
@@ -153,6 +163,9 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
 ///
 /// [`ErrorKind::Invalid`] if the module's sections cannot be read.
 pub fn is_instrumented(wasm: &[u8]) -> Result<bool> {
+    if Parser::is_component(wasm) {
+        return component::is_instrumented(wasm);
+    }
     facts::is_instrumented(wasm)
 }
 
@@ -198,6 +211,7 @@ impl Names<'_> {
                     file: source.file.clone(),
                     line: source.line,
                     column: source.column,
+                    module: None,
                 }
             })
             .collect()

@@ -10,15 +10,17 @@ use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, ValueEnum};
 use iota_instrument::{IfInstrumented, Instrumented, Options, SymbolMap, UnwindExits};
 
-/// Instrument WebAssembly modules for function-level tracing.
+/// Instrument WebAssembly modules and components for function-level tracing.
 ///
 /// Every defined function calls `dylibso:observe/instrument` `enter(id)` first and `exit(id)` on
 /// every way out; `memory-grow(pages)` precedes each `memory.grow`. The id is the function's index
-/// in the output module; `--map` writes the id → name table.
+/// in the output module; `--map` writes the id → name table. In a component every core module is
+/// instrumented, ids are unique across the component, the hooks are one imported interface, and
+/// the map gives each function's `module`.
 #[derive(Parser, Debug)]
 #[command(version, max_term_width = 100)]
 struct Cli {
-    /// Input modules; `-` reads standard input.
+    /// Input modules or components; `-` reads standard input.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
 
@@ -38,7 +40,8 @@ struct Cli {
     #[arg(long, requires = "out_dir")]
     maps: bool,
 
-    /// Only check: exit 0 if every input is a valid, instrumented module, 1 otherwise.
+    /// Only check: exit 0 if every input is a valid, instrumented module or component, 1
+    /// otherwise.
     /// Writes nothing.
     #[arg(long)]
     check: bool,
@@ -287,13 +290,25 @@ fn report(input: &Path, output: &Path, wasm: &[u8], out: &Instrumented) {
     }
     let traced = out.functions.iter().filter(|f| f.instrumented).count();
     eprintln!(
-        "{} -> {}: {traced} of {} functions instrumented, {} -> {} bytes",
+        "{} -> {}: {traced} of {} functions{} instrumented, {} -> {} bytes",
         input.display(),
         output.display(),
         out.functions.len(),
+        in_modules(out),
         wasm.len(),
         out.wasm.len()
     );
+}
+
+/// ` in N core modules` for a component (the modules that define functions), else nothing.
+fn in_modules(out: &Instrumented) -> String {
+    let modules: std::collections::BTreeSet<u32> =
+        out.functions.iter().filter_map(|f| f.module).collect();
+    match modules.len() {
+        0 => String::new(),
+        1 => " in 1 core module".into(),
+        n => format!(" in {n} core modules"),
+    }
 }
 
 /// Prints whether `input` is a valid instrumented module; `Ok(true)` when it is. The input
@@ -310,9 +325,10 @@ fn check(input: &Path, quiet: bool) -> Result<bool> {
         warn(input, &out);
         let traced = out.functions.iter().filter(|f| f.instrumented).count();
         eprintln!(
-            "{}: instrumented ({traced} of {} functions call enter)",
+            "{}: instrumented ({traced} of {} functions{} call enter)",
             input.display(),
-            out.functions.len()
+            out.functions.len(),
+            in_modules(&out)
         );
     }
     Ok(out.passed_through)

@@ -49,6 +49,8 @@ pub struct Options {
     if_instrumented: IfInstrumented,
     unwind_exits: UnwindExits,
     symbol_map: Option<SymbolMap>,
+    /// Added to every function id: a component's modules get ids above one another's.
+    pub(crate) id_base: u32,
 }
 
 /// Function names from a symbol map beside the module: lines `INDEX:NAME`, with INDEX the

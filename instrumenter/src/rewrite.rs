@@ -34,6 +34,8 @@ pub(crate) struct Rewriter<'a, 'f> {
     bodies: std::vec::IntoIter<Vec<u8>>,
     /// Per defined function: labels the wrapper adds before the body's own.
     added_labels: Vec<u32>,
+    /// Added to every id passed to the hooks (see `Options::id_base`).
+    pub(crate) id_base: u32,
 }
 
 impl<'a, 'f> Rewriter<'a, 'f> {
@@ -76,6 +78,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             names_written: false,
             bodies: Vec::new().into_iter(),
             added_labels: Vec::new(),
+            id_base: 0,
         })
     }
 
@@ -174,7 +177,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             .as_ref()
             .expect("validated: a defined function has a function type");
         BodyPlan {
-            id: self.output_function_index(index),
+            id: self.output_function_index(index) + self.id_base,
             original_index: index,
             params: sig.params.len() as u32,
             traced: self.selected[slot],
