@@ -16,11 +16,11 @@ use anyhow::{Context, Result};
 use iota_instrument::FunctionEntry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmtime::{InstancePre, Module};
+use crate::runtime::component::{Kind, Prepared, Program, component_entry};
 
 use crate::compile::{Admission, CompileError, Compiled, Compiler, Stage};
 use crate::runtime::entry::EntryPoints;
-use crate::runtime::{RunState, Runtime};
+use crate::runtime::Runtime;
 use crate::store::{Collected, DiskStore, write_atomic};
 use crate::trace::SpanOverrides;
 use crate::trace::names::SourceLocation;
@@ -58,6 +58,12 @@ pub struct ModuleInfo {
     /// Span limits chosen at upload (the server's apply to what is unset).
     #[serde(default, skip_serializing_if = "SpanOverrides::is_empty")]
     pub spans: SpanOverrides,
+    /// A core module or a component.
+    #[serde(default)]
+    pub kind: Kind,
+    /// Authorities a component may send HTTP requests to (`*`: any); none when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outgoing_http: Vec<String>,
 }
 
 fn command() -> EntryPoints {
@@ -81,7 +87,7 @@ pub enum Tracing {
 }
 
 /// Options of an upload.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UploadOptions {
     /// Instrument the module (default).
     pub instrument: bool,
@@ -91,6 +97,8 @@ pub struct UploadOptions {
     pub host_spans: bool,
     /// Span limits for this module's runs.
     pub spans: SpanOverrides,
+    /// Authorities a component may send HTTP requests to (none by default; `*` for any).
+    pub outgoing_http: Vec<String>,
 }
 
 /// A module ready to run.
@@ -98,7 +106,7 @@ pub struct LoadedModule {
     /// Its info.
     pub info: ModuleInfo,
     /// Linked once; each run instantiates it in a fresh store.
-    pub pre: InstancePre<RunState>,
+    pub pre: Prepared,
     /// Function names indexed by hook id.
     pub names: Arc<[Option<String>]>,
     /// Functions' source locations indexed by hook id (from DWARF).
@@ -259,12 +267,12 @@ impl Registry {
             self.store.blob(&info.runnable_sha256, "names.json"),
         )?)?;
         let (names, locations) = split_names(names);
-        let module = self.compiled(&info.runnable_sha256)?;
+        let program = self.compiled(&info.runnable_sha256, info.kind)?;
         let host_spans = info.host_spans && self.runtime.host_spans();
-        let pre = self
-            .runtime
-            .prepare(&module, info.trap_unknown_imports, host_spans)?;
-        info.entry = EntryPoints::of(&module).map_err(anyhow::Error::msg)?;
+        let (pre, entry) = self
+            .prepare(&program, info.trap_unknown_imports, host_spans)?
+            .map_err(anyhow::Error::msg)?;
+        info.entry = entry;
         Ok(LoadedModule {
             info,
             pre,
@@ -275,29 +283,52 @@ impl Registry {
         })
     }
 
-    /// The stored module `sha` compiled for this engine: its artifact, or compiled now (after
-    /// an engine upgrade) and stored.
-    fn compiled(&self, sha: &str) -> Result<Module> {
+    /// The stored module or component `sha` compiled for this engine: its artifact, or
+    /// compiled now (after an engine upgrade) and stored.
+    fn compiled(&self, sha: &str, kind: Kind) -> Result<Program> {
         let path = self.store.artifact(sha);
         if path.exists() {
-            match self.deserialize(&path) {
-                Ok(module) => return Ok(module),
+            match self.deserialize(&path, kind) {
+                Ok(program) => return Ok(program),
                 Err(err) => tracing::warn!(path = %path.display(), "recompiling: {err:#}"),
             }
         }
         let wasm = std::fs::read(self.store.blob(sha, "wasm"))?;
-        let module = Module::new(self.runtime.engine(), &wasm)?;
-        write_atomic(&path, &module.serialize()?)?;
-        Ok(module)
+        let program = Program::new(self.runtime.engine(), &wasm)?;
+        write_atomic(&path, &program.serialize()?)?;
+        Ok(program)
     }
 
-    fn deserialize(&self, artifact: &Path) -> Result<Module> {
-        // SAFETY: artifacts are produced by `Module::serialize` of this program (a compile worker
-        // or the server itself) and only ever read from the server's own data directory; their
-        // names pin the engine's compatibility hash.
-        #[allow(unsafe_code)]
-        let module = unsafe { Module::deserialize_file(self.runtime.engine(), artifact)? };
-        Ok(module)
+    fn deserialize(&self, artifact: &Path, kind: Kind) -> Result<Program> {
+        Program::deserialize_file(self.runtime.engine(), artifact, kind)
+    }
+
+    /// Links `program` and finds how it runs (the error says why it cannot).
+    fn prepare(
+        &self,
+        program: &Program,
+        trap_unknown_imports: bool,
+        host_spans: bool,
+    ) -> Result<Result<(Prepared, EntryPoints), String>> {
+        Ok(match program {
+            Program::Module(module) => {
+                let pre = self
+                    .runtime
+                    .prepare(module, trap_unknown_imports, host_spans)?;
+                EntryPoints::of(module).map(|entry| (Prepared::Module(pre), entry))
+            }
+            Program::Component(component) => {
+                match component_entry(self.runtime.engine(), component) {
+                    Ok(entry) => {
+                        let pre = self
+                            .runtime
+                            .prepare_component(component, trap_unknown_imports)?;
+                        Ok((Prepared::Component(pre), entry))
+                    }
+                    Err(message) => Err(message),
+                }
+            }
+        })
     }
 
     /// Instruments, compiles, links and stores `wasm` under `name`, replacing any previous
@@ -339,13 +370,17 @@ impl Registry {
         let clock = Instant::now();
         let runnable = std::fs::read(&compiled.runnable).context("reading the compiled module")?;
         let runnable_sha256 = sha256_hex(&runnable);
-        let module = self.deserialize(&compiled.artifact)?;
+        let program = self.deserialize(&compiled.artifact, compiled.kind)?;
         let host_spans = options.host_spans && self.runtime.host_spans();
-        let pre = self
-            .runtime
-            .prepare(&module, options.trap_unknown_imports, host_spans)
-            .map_err(|e| UploadError::Link(format!("{e:#}")))?;
-        let entry = EntryPoints::of(&module).map_err(UploadError::NotRunnable)?;
+        let (pre, entry) = self
+            .prepare(&program, options.trap_unknown_imports, host_spans)
+            .map_err(|e| UploadError::Link(format!("{e:#}")))?
+            .map_err(UploadError::NotRunnable)?;
+        if !options.outgoing_http.is_empty() && program.kind() == Kind::Module {
+            return Err(UploadError::NotRunnable(
+                "`outgoing_http` is for components: a core module cannot make HTTP requests".into(),
+            ));
+        }
         let tracing = match (options.instrument, compiled.passed_through) {
             (false, _) => Tracing::None,
             (true, true) => Tracing::Preinstrumented,
@@ -364,8 +399,11 @@ impl Registry {
             tracing,
             entry,
             trap_unknown_imports: options.trap_unknown_imports,
-            host_spans: options.host_spans,
+            // WASI 0.2 calls are not timed.
+            host_spans: options.host_spans && program.kind() == Kind::Module,
             spans: options.spans,
+            kind: program.kind(),
+            outgoing_http: options.outgoing_http,
             uploaded_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

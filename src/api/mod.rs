@@ -2,6 +2,7 @@
 
 mod auth;
 mod error;
+mod http;
 mod query;
 mod read;
 mod run;
@@ -12,7 +13,7 @@ use std::sync::atomic::AtomicU64;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 pub use auth::Tokens;
 pub use error::ApiError;
@@ -77,5 +78,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/traces/{id}", get(read::get_trace))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(read::metrics))
+        // HTTP handlers, by module name; the routes above come first.
+        .route("/{name}", any(http::handle))
+        .route("/{name}/{*path}", any(http::handle))
         .with_state(state)
 }
