@@ -12,15 +12,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::runtime::component::{Kind, Prepared, Program, component_entry};
 use anyhow::{Context, Result};
 use iota_instrument::FunctionEntry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use crate::runtime::component::{Kind, Prepared, Program, component_entry};
 
 use crate::compile::{Admission, CompileError, Compiled, Compiler, Stage};
-use crate::runtime::entry::EntryPoints;
 use crate::runtime::Runtime;
+use crate::runtime::entry::EntryPoints;
 use crate::store::{Collected, DiskStore, write_atomic};
 use crate::trace::SpanOverrides;
 use crate::trace::names::SourceLocation;
@@ -370,7 +370,15 @@ impl Registry {
         let clock = Instant::now();
         let runnable = std::fs::read(&compiled.runnable).context("reading the compiled module")?;
         let runnable_sha256 = sha256_hex(&runnable);
-        let program = self.deserialize(&compiled.artifact, compiled.kind)?;
+        // The engine checks the code against its instance pool here: a memory whose minimum
+        // is over the run memory limit cannot be run.
+        let program = self
+            .deserialize(&compiled.artifact, compiled.kind)
+            .map_err(|e| {
+                UploadError::NotRunnable(format!(
+                    "module cannot run within this server's limits: {e:#}"
+                ))
+            })?;
         let host_spans = options.host_spans && self.runtime.host_spans();
         let (pre, entry) = self
             .prepare(&program, options.trap_unknown_imports, host_spans)

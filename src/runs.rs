@@ -15,10 +15,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::registry::LoadedModule;
 use crate::runtime::entry::Call;
+use crate::runtime::http::{HandlerResponse, LimitedBody};
 use crate::runtime::{Invocation, Runtime, stdio};
 use crate::trace::export::Exporter;
 use crate::trace::recent::RecentTraces;
-use crate::runtime::http::{HandlerResponse, LimitedBody};
 use crate::trace::{Cancel, Ending, RequestLine, RunFacts, SpanVolume, TraceRecord};
 
 /// Slots for runs executing at once; a request waits a bounded time for one.

@@ -73,7 +73,9 @@ pub(super) fn handler_head(
 ) -> axum::http::request::Parts {
     let mut request = Request::new(());
     *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = target.parse().unwrap_or_else(|_| "/".parse().expect("a path"));
+    *request.uri_mut() = target
+        .parse()
+        .unwrap_or_else(|_| "/".parse().expect("a path"));
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
     request.into_parts().0

@@ -341,7 +341,10 @@ impl Runtime {
 }
 
 /// Instantiates a command and calls `wasi:cli/run`'s `run`.
-async fn run_command(store: &mut Store<ComponentState>, pre: &CommandPre<ComponentState>) -> Ending {
+async fn run_command(
+    store: &mut Store<ComponentState>,
+    pre: &CommandPre<ComponentState>,
+) -> Ending {
     let command = match pre.instantiate_async(&mut *store).await {
         Ok(command) => command,
         Err(error) => return instantiation_ending(error),

@@ -152,7 +152,11 @@ impl LimitedBody {
         }
     }
 
-    fn fail(&mut self, cancel: Cancel, error: Error) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
+    fn fail(
+        &mut self,
+        cancel: Cancel,
+        error: Error,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(cancel);
         }

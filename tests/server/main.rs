@@ -1,6 +1,7 @@
 //! The server end to end: the real `iota serve` binary on loopback, driven over HTTP.
 
 mod auth;
+mod components;
 mod corpus;
 mod errors;
 mod faults;
