@@ -14,6 +14,7 @@ mod isolation;
 mod limits;
 mod observe;
 mod otlp;
+mod otlp_components;
 #[path = "../common/programs.rs"]
 mod programs;
 mod real;
