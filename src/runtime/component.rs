@@ -262,6 +262,11 @@ impl Runtime {
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .args(&argv)
+            // No sockets, as for core modules (WASI's default checks deny every address too);
+            // HTTP requests go out only as the module's `OutgoingPolicy` allows.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .build();
         let state = ComponentState {
             wasi,
