@@ -64,6 +64,14 @@ fn count_vowels_component() {
     let modules: HashSet<_> = map.iter().map(|f| f.module).collect();
     assert!(modules.contains(&Some(0)) && modules.contains(&Some(1)));
     assert!(modules.iter().all(Option::is_some));
+    // The shim's functions, exported as `0`, `1`, ..., take the names the component gives
+    // them: each is the way into a WASI call.
+    let read = function(
+        &map,
+        "indirect-wasi:io/streams@0.2.0-[method]input-stream.blocking-read",
+    );
+    assert_eq!(read.module, Some(1));
+    assert!(calls_of(&run.events, read.id) >= 1);
 }
 
 #[test]
@@ -105,7 +113,8 @@ fn modules_of_nested_components_get_ids_of_their_own() {
         assert_eq!(modules.len(), 3, "{map:?}");
         // The host runs `cabi_realloc` (and `bump` inside it) while the component may not
         // call out: their hooks are skipped, and the run does not trap.
-        let realloc = function(&map, "cabi_realloc");
+        // Named by the component (`$realloc`): the module names it only by its export.
+        let realloc = function(&map, "realloc");
         assert!(realloc.instrumented);
         assert_eq!(calls_of(&run.events, realloc.id), 0);
         if !stdin.is_empty() {
@@ -120,7 +129,13 @@ fn modules_of_nested_components_get_ids_of_their_own() {
 
 #[test]
 fn an_instrumented_component_is_refused_or_passed_through() {
-    let original = fixture("multi_module.wasm");
+    for name in ["multi_module.wasm", "count_vowels.component.wasm"] {
+        refused_or_passed_through(name);
+    }
+}
+
+fn refused_or_passed_through(name: &str) {
+    let original = fixture(name);
     let out = instrument(&original, &Options::new()).unwrap();
     let err = instrument(&out.wasm, &Options::new()).unwrap_err();
     assert_eq!(err.kind(), &iota_instrument::ErrorKind::AlreadyInstrumented);
@@ -202,7 +217,7 @@ fn post_return_functions_run_quietly() {
     // greet twice and cleanups once, each entered and exited; post-return and tidy are quiet.
     let map = &out.functions;
     assert_eq!(check_nesting(events, true).unwrap(), 3);
-    assert_eq!(calls_of(events, function(map, "cabi_post_greet").id), 0);
+    assert_eq!(calls_of(events, function(map, "post").id), 0);
     assert_eq!(calls_of(events, function(map, "greet").id), 2);
 }
 

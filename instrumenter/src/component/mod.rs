@@ -8,9 +8,11 @@
 //! instrumented code, the instance `dylibso:observe/instrument` with `enter: func(id: u32)`,
 //! `exit: func(id: u32)` and `memory-grow: func(pages: u32)`, lowered and handed to each core
 //! instance that needs them; a nested component gets its parent's. How the hooks stay out of
-//! the way of the canonical ABI's `realloc` and `post-return` is told in [`adapter`].
+//! the way of the canonical ABI's `realloc` and `post-return` is told in [`adapter`]. A function a
+//! core module names only by its export takes the name the component gives it ([`names`]).
 
 mod adapter;
+mod names;
 mod rewrite;
 mod scan;
 
@@ -66,9 +68,11 @@ pub(crate) fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented>
             .validate_all(&out)
             .map_err(|e| Error::new(ErrorKind::InvalidOutput(e.to_string())))?;
     }
+    let mut functions = rewriter.functions;
+    names::apply(wasm, &mut functions, |_| Ok(false))?;
     Ok(Instrumented {
         wasm: out,
-        functions: rewriter.functions,
+        functions,
         passed_through: false,
         warnings: rewriter.warnings,
     })
@@ -105,6 +109,7 @@ fn pass_through(wasm: &[u8], options: &Options) -> Result<Instrumented> {
             ordinal += 1;
         }
     }
+    names::apply(wasm, &mut functions, is_adapter)?;
     Ok(Instrumented {
         wasm: wasm.to_vec(),
         functions,

@@ -75,8 +75,9 @@ struct ComponentFrame {
     core_funcs: Space,
     core_instances: Space,
     core_modules: Space,
-    /// Per input core module: it is instrumented (so its instances need the gate).
-    module_hooked: Vec<bool>,
+    /// Per input core module: the number of the instrumented module it is (its instances need
+    /// the gate), or none.
+    modules: Vec<Option<u32>>,
     /// Per input component: it imports the hooks.
     component_hooked: Vec<bool>,
     /// Input core function → output index of its quieting wrapper.
@@ -84,6 +85,17 @@ struct ComponentFrame {
 }
 
 impl ComponentFrame {
+    /// The instrumented module input core module `index` is, if it is one.
+    fn module(&self, index: u32) -> Option<u32> {
+        self.modules.get(index as usize).copied().flatten()
+    }
+
+    /// A core module is defined: instrumented module `ordinal`, or one of no concern.
+    fn define_module(&mut self, ordinal: Option<u32>) {
+        self.core_modules.define();
+        self.modules.push(ordinal);
+    }
+
     fn new(facts: usize, hooked: bool) -> Self {
         let shift = if hooked {
             &PRELUDE
@@ -99,7 +111,7 @@ impl ComponentFrame {
             core_funcs: Space::starting_at(shift.core_funcs),
             core_instances: Space::starting_at(shift.core_instances),
             core_modules: Space::starting_at(shift.core_modules),
-            module_hooked: Vec::new(),
+            modules: Vec::new(),
             component_hooked: Vec::new(),
             wrappers: HashMap::new(),
         }
@@ -288,11 +300,15 @@ impl<'a> ComponentRewriter<'a> {
     fn check_stays(&mut self, kind: ComponentExternalKind, index: u32) -> ReencodeResult<()> {
         let frame = self.frame();
         let leaves = match kind {
-            ComponentExternalKind::Module => frame.module_hooked.get(index as usize),
-            ComponentExternalKind::Component => frame.component_hooked.get(index as usize),
-            _ => None,
+            ComponentExternalKind::Module => frame.module(index).is_some(),
+            ComponentExternalKind::Component => frame
+                .component_hooked
+                .get(index as usize)
+                .copied()
+                .unwrap_or(false),
+            _ => false,
         };
-        if leaves.copied().unwrap_or(false) {
+        if leaves {
             let what = if kind == ComponentExternalKind::Module {
                 "core module"
             } else {
@@ -414,14 +430,13 @@ impl ReencodeComponent for ComponentRewriter<'_> {
         parser: wasmparser::Parser,
         module: &[u8],
     ) -> ReencodeResult<()> {
+        let ordinal = self.modules_seen;
         let wasm = self.module(parser.offset(), module).map_err(user)?;
         component.section(&wasm_encoder::RawSection {
             id: wasm_encoder::ComponentSectionId::CoreModule as u8,
             data: &wasm,
         });
-        let frame = self.frame();
-        frame.core_modules.define();
-        frame.module_hooked.push(true);
+        self.frame().define_module(Some(ordinal));
         Ok(())
     }
 
@@ -449,10 +464,7 @@ impl ReencodeComponent for ComponentRewriter<'_> {
             imports.import(import.name, self.component_type_ref(import.ty)?);
             let frame = self.frame();
             match import.ty {
-                ComponentTypeRef::Module(_) => {
-                    frame.core_modules.define();
-                    frame.module_hooked.push(false);
-                }
+                ComponentTypeRef::Module(_) => frame.define_module(None),
                 ComponentTypeRef::Component(_) => frame.component_hooked.push(false),
                 _ => {}
             }
@@ -476,11 +488,7 @@ impl ReencodeComponent for ComponentRewriter<'_> {
                 ComponentAlias::InstanceExport {
                     kind: ComponentExternalKind::Module,
                     ..
-                } => {
-                    let frame = self.frame();
-                    frame.core_modules.define();
-                    frame.module_hooked.push(false);
-                }
+                } => self.frame().define_module(None),
                 ComponentAlias::InstanceExport {
                     kind: ComponentExternalKind::Component,
                     ..
@@ -490,13 +498,8 @@ impl ReencodeComponent for ComponentRewriter<'_> {
                     count,
                     index,
                 } => {
-                    let hooked = self
-                        .outer(count)
-                        .and_then(|f| f.module_hooked.get(index as usize).copied())
-                        .unwrap_or(false);
-                    let frame = self.frame();
-                    frame.core_modules.define();
-                    frame.module_hooked.push(hooked);
+                    let ordinal = self.outer(count).and_then(|f| f.module(index));
+                    self.frame().define_module(ordinal);
                 }
                 ComponentAlias::Outer {
                     kind: ComponentOuterAliasKind::Component,
@@ -522,12 +525,7 @@ impl ReencodeComponent for ComponentRewriter<'_> {
     ) -> ReencodeResult<()> {
         match instance {
             wasmparser::Instance::Instantiate { module_index, args } => {
-                let hooked = self
-                    .frame()
-                    .module_hooked
-                    .get(module_index as usize)
-                    .copied()
-                    .unwrap_or(false);
+                let hooked = self.frame().module(module_index).is_some();
                 let mut out = Vec::with_capacity(args.len() + 1);
                 for arg in args.iter() {
                     if hooked && arg.name == HOOK_MODULE {
@@ -612,10 +610,7 @@ impl ReencodeComponent for ComponentRewriter<'_> {
         component_utils::parse_component_export(self, exports, export)?;
         let frame = self.frame();
         match kind {
-            ComponentExternalKind::Module => {
-                frame.core_modules.define();
-                frame.module_hooked.push(false);
-            }
+            ComponentExternalKind::Module => frame.define_module(None),
             ComponentExternalKind::Component => frame.component_hooked.push(false),
             _ => {}
         }
