@@ -9,6 +9,8 @@
 #         and disk every 10 s
 #   storm count_vowels p99 alone, then while yosys.wasm is uploaded in a loop (needs
 #         scripts/fetch-real-wasm.sh --with-yosys)
+#   components  requests to the wasi:http handler component (POST /NAME/vowels) and /run of
+#         count_vowels as a command component, traced and untraced, rounds alternating
 #   trace the cost of host-call spans (100,000 WASI calls, timed and not) and of a sampled
 #         run against an unsampled one (fib(33), 11.4M calls), rounds alternating
 #   fleet servers on a shared S3 store (SeaweedFS on loopback, scripts/install-seaweedfs.sh):
@@ -17,8 +19,8 @@
 #         data directory, and one that must compile them (and yosys.wasm among them, if
 #         scripts/fetch-real-wasm.sh --with-yosys fetched it); /run on a server with the S3
 #         store against one with the data directory, rounds alternating
-# Usage: scripts/bench-server.sh [p3|p4|p5|soak|chaos|storm|trace|fleet|all] (default all: all
-# but storm and fleet).
+# Usage: scripts/bench-server.sh [p3|p4|p5|soak|chaos|storm|trace|components|fleet|all] (default
+# all: all but storm and fleet).
 # wrk comes from Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,19 +65,20 @@ printf 'wrk.method = "POST"\nwrk.body = "Hello, world!"\n' >"$work/post.lua"
 # Server CPU time so far (user + system), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 
-# wrk_line MODE SECONDS CONNECTIONS: one measurement as a table row, with the server's CPU time
-# per request (steadier than req/s when wrk shares the cores).
+# wrk_line MODE SECONDS CONNECTIONS [PATH]: one measurement as a table row, with the server's
+# CPU time per request (steadier than req/s when wrk shares the cores). PATH defaults to
+# /run?name=MODE.
 wrk_line() {
   local out rps p50 p99 errors c0 c1 requests
   c0=$(cpu_ticks)
-  out=$(wrk -t2 -c"$3" -d"$2s" --latency -s "$work/post.lua" "$url/run?name=$1")
+  out=$(wrk -t2 -c"$3" -d"$2s" --latency -s "$work/post.lua" "$url${4:-/run?name=$1}")
   c1=$(cpu_ticks)
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
   errors=$(awk '/Non-2xx/ {n += $5} /Socket errors/ {n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out" | tr -d ',')
-  printf '%-9s %10s %9s %9s %7s %12s' "$1" "$rps" "$p50" "$p99" "$errors" \
+  printf '%-17s %10s %9s %9s %7s %12s' "$1" "$rps" "$p50" "$p99" "$errors" \
     "$(python3 -c "print(f'{($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / $requests:.1f}')")"
 }
 
@@ -441,8 +444,27 @@ PY
   stop_others
 }
 
+components() {
+  echo "## Components: the wasi:http handler (POST /NAME/vowels) and count_vowels as a command component (/run), wrk -t2 -c16, 10 s per measurement"
+  start "$work/components"
+  upload handler fixtures/wasm/http_handler.wasm ""
+  upload handler-untraced fixtures/wasm/http_handler.wasm "&instrument=false"
+  upload command fixtures/wasm/count_vowels.component.wasm ""
+  upload command-untraced fixtures/wasm/count_vowels.component.wasm "&instrument=false"
+  printf '%-17s %10s %9s %9s %7s %12s\n' mode req/s p50 p99 errors 'cpu µs/req'
+  for round in 1 2; do
+    for mode in handler-untraced handler; do
+      echo "$(wrk_line "$mode" 10 16 "/$mode/vowels")   (round $round)"
+    done
+    for mode in command-untraced command; do
+      echo "$(wrk_line "$mode" 10 16)   (round $round)"
+    done
+  done
+  stop
+}
+
 case $what in
-  p3 | p4 | p5 | soak | chaos | storm | trace | fleet) "$what" ;;
-  all) p3; p4; p5; soak; chaos; trace ;;
-  *) echo "usage: $0 [p3|p4|p5|soak|chaos|storm|trace|fleet|all]" >&2; exit 2 ;;
+  p3 | p4 | p5 | soak | chaos | storm | trace | components | fleet) "$what" ;;
+  all) p3; p4; p5; soak; chaos; trace; components ;;
+  *) echo "usage: $0 [p3|p4|p5|soak|chaos|storm|trace|components|fleet|all]" >&2; exit 2 ;;
 esac

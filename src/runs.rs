@@ -16,10 +16,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use crate::learning::{LearnRequest, Learner};
 use crate::registry::LoadedModule;
 use crate::runtime::entry::Call;
+use crate::runtime::http::{HandlerResponse, LimitedBody};
 use crate::runtime::{Invocation, Runtime, stdio};
 use crate::trace::export::Exporter;
 use crate::trace::recent::RecentTraces;
-use crate::trace::{Cancel, Ending, RunFacts, SpanVolume, TraceRecord};
+use crate::trace::{Cancel, Ending, RequestLine, RunFacts, SpanVolume, TraceRecord};
 
 /// Slots for runs executing at once; a request waits a bounded time for one.
 pub struct RunSlots {
@@ -104,6 +105,11 @@ pub struct RunJob {
     pub volume: SpanVolume,
     /// Where to send what the module's runs taught about its short calls.
     pub learner: Option<Learner>,
+    /// For an HTTP handler: the request's head (the path the handler sees); `body` is its
+    /// body.
+    pub request: Option<axum::http::request::Parts>,
+    /// The request line the trace tells.
+    pub request_line: RequestLine,
 }
 
 /// Where the run's spans go in the caller's trace.
@@ -131,6 +137,8 @@ pub struct Finished {
     pub stdout: Bytes,
     /// Some stdout was dropped.
     pub stdout_truncated: bool,
+    /// What an HTTP handler answered.
+    pub response: Option<HandlerResponse>,
 }
 
 /// Starts `job` on `executor` holding `permit`; the answer comes through the returned channel.
@@ -158,11 +166,22 @@ async fn execute(
     counters.active.fetch_add(1, Ordering::Relaxed);
     let (to_guest, stdin) = stdio::stdin_pipe();
     let (stdin_failed, stdin_failure) = oneshot::channel();
-    let pump = tokio::spawn(async move {
-        if let Err(cancel) = pump_body(job.body, to_guest, job.max_body).await {
-            let _ = stdin_failed.send(cancel);
+    // A command reads the body on stdin; a handler reads it from its request.
+    let (pump, http) = match job.request {
+        Some(parts) => {
+            drop(to_guest);
+            let body = LimitedBody::new(job.body, job.max_body, stdin_failed);
+            (None, Some(axum::http::Request::from_parts(parts, body)))
         }
-    });
+        None => {
+            let pump = tokio::spawn(async move {
+                if let Err(cancel) = pump_body(job.body, to_guest, job.max_body).await {
+                    let _ = stdin_failed.send(cancel);
+                }
+            });
+            (Some(pump), None)
+        }
+    };
     let module = &job.module;
     let outcome = runtime
         .run(
@@ -177,11 +196,15 @@ async fn execute(
                 record_calls: job.trace.sampled,
                 counters: &module.counters,
                 min_span_ns: job.volume.min_span_us.saturating_mul(1000),
+                http,
+                outgoing_http: &module.info.outgoing_http,
             },
             cancelled(&mut reply, stdin_failure),
         )
         .await;
-    pump.abort();
+    if let Some(pump) = pump {
+        pump.abort();
+    }
     // The store and its instance are gone: the slot is free for the next run.
     drop(permit);
     counters.active.fetch_sub(1, Ordering::Relaxed);
@@ -207,6 +230,11 @@ async fn execute(
             trace_state: job.trace.trace_state.clone(),
             coldstart: !module.warm.swap(true, Ordering::Relaxed),
             version: module.info.runnable_sha256.clone(),
+            request: job.request_line,
+            response_status: match &outcome.response {
+                Some(HandlerResponse::Sent { status, .. }) => Some(status.as_u16()),
+                _ => None,
+            },
         },
         &outcome.recorder,
     ));
@@ -248,6 +276,7 @@ async fn execute(
         ending: outcome.ending,
         stdout: outcome.stdout,
         stdout_truncated: outcome.stdout_truncated,
+        response: outcome.response,
     });
 }
 

@@ -15,6 +15,7 @@ struct Inner {
     kind: ErrorKind,
     offset: Option<u64>,
     function: Option<u32>,
+    module: Option<u32>,
 }
 
 /// The reason an [`Error`] happened.
@@ -23,8 +24,13 @@ struct Inner {
 pub enum ErrorKind {
     /// The input is not a valid WebAssembly module.
     Invalid(String),
-    /// The input is a WebAssembly component, not a core module.
+    /// A component where a core module was expected.
     Component,
+    /// The component cannot be instrumented as it is built.
+    ComponentUnsupported {
+        /// What in it stands in the way.
+        reason: String,
+    },
     /// The input already reports to the enter/exit hooks.
     AlreadyInstrumented,
     /// An include or exclude pattern is not a valid glob.
@@ -75,6 +81,7 @@ impl Error {
                 kind,
                 offset: None,
                 function: None,
+                module: None,
             }),
         }
     }
@@ -89,6 +96,20 @@ impl Error {
     pub(crate) fn in_function(mut self, index: u32) -> Self {
         self.inner.function = Some(index);
         self
+    }
+
+    /// Places an error found in core module `ordinal` of a component, which starts at byte
+    /// `start` of the component: the offset becomes the component's.
+    #[cold]
+    pub(crate) fn in_module(mut self, ordinal: u32, start: u64) -> Self {
+        self.inner.module = Some(ordinal);
+        self.inner.offset = self.inner.offset.map(|offset| offset + start);
+        self
+    }
+
+    /// In a component, the core module (numbered as in the function map) being rewritten.
+    pub fn module(&self) -> Option<u32> {
+        self.inner.module
     }
 
     /// Why the instrumentation failed.
@@ -133,6 +154,9 @@ impl fmt::Display for Error {
             ErrorKind::Component => f.write_str(
                 "input is a WebAssembly component; only core modules can be instrumented",
             )?,
+            ErrorKind::ComponentUnsupported { reason } => {
+                write!(f, "component cannot be instrumented: {reason}")?
+            }
             ErrorKind::AlreadyInstrumented => {
                 f.write_str("module is already instrumented (it imports the enter/exit hooks)")?
             }
@@ -164,6 +188,9 @@ impl fmt::Display for Error {
         }
         if let Some(function) = self.inner.function {
             write!(f, " (in function {function})")?;
+        }
+        if let Some(module) = self.inner.module {
+            write!(f, " (in core module {module})")?;
         }
         if let Some(offset) = self.inner.offset {
             write!(f, " (at offset {offset:#x})")?;

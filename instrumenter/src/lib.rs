@@ -11,6 +11,12 @@
 //! index in the output module. Input is validated with [`features`]; what cannot be
 //! instrumented is refused with an [`ErrorKind`] that says why.
 //!
+//! A component comes out a component: every core module inside it (nested components too) is
+//! rewritten as above, ids are unique across the component ([`FunctionEntry::module`] says
+//! which module a function belongs to), and the hooks are one imported interface,
+//! `dylibso:observe/instrument` with `enter: func(id: u32)`, `exit: func(id: u32)` and
+//! `memory-grow: func(pages: u32)`, lowered into each core instance that needs it.
+//!
 //! # Examples
 //!
 //! ```
@@ -26,6 +32,7 @@
 mod abi;
 mod bodies;
 mod body;
+mod component;
 mod cost;
 mod dwarf;
 mod error;
@@ -40,6 +47,7 @@ pub use abi::{
     COUNTER_EXPORT_PREFIX, ENTER, EXIT, HOOK_MODULE, LEGACY_ENTER, LEGACY_EXIT, LEGACY_HOOK_MODULE,
     LEGACY_MEMORY_GROW, MARKER_SECTION, MEMORY_GROW, is_trace_hook,
 };
+pub use component::{component_features, is_component};
 pub use cost::{TimedBecause, Timing};
 pub use dwarf::SourceInfo;
 pub use error::{Error, ErrorKind, Result, Warning};
@@ -70,22 +78,23 @@ pub struct Instrumented {
 ///
 /// The input is validated first, with the WebAssembly proposals the rewrite supports
 /// ([`features`]). The output is deterministic: the same bytes and options give the same
-/// module. Debug builds validate the output too.
+/// module. Debug builds validate the output too. A component ([`is_component`]) is validated
+/// with [`component_features`] and instrumented module by module.
 ///
 /// # Errors
 ///
 /// [`ErrorKind::Invalid`] (with the byte offset, and the function index for an invalid body:
 /// the lowest one if several are) if `wasm` is not a valid module, [`ErrorKind::Unsupported`]
-/// if it uses a proposal the rewrite does not support, [`ErrorKind::Component`] for a
-/// component, [`ErrorKind::ObjectFile`] for a relocatable object file,
+/// if it uses a proposal the rewrite does not support, [`ErrorKind::ComponentUnsupported`] for
+/// a component that cannot be instrumented, [`ErrorKind::ObjectFile`] for a relocatable object file,
 /// [`ErrorKind::HookConflict`] if it imports a hook name with another kind or type,
 /// [`ErrorKind::AlreadyInstrumented`] if it already calls the hooks (unless
 /// [`IfInstrumented::PassThrough`]), and [`ErrorKind::Pattern`] for a bad include/exclude glob.
 pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
-    let selector = options.selector()?;
     if Parser::is_component(wasm) {
-        return Err(Error::new(ErrorKind::Component).at(0));
+        return component::instrument(wasm, options);
     }
+    let selector = options.selector()?;
     if !wasm.starts_with(b"\0asm") {
         return Err(Error::new(ErrorKind::Invalid(
             "not a WebAssembly module (it does not start with `\\0asm`)".into(),
@@ -111,9 +120,10 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
         return match options.instrumented_policy() {
             IfInstrumented::Fail => Err(Error::new(ErrorKind::AlreadyInstrumented)),
             IfInstrumented::PassThrough => {
-                let mut functions = names.function_map(0, |slot, _| calls_enter[slot]);
+                let mut functions =
+                    names.function_map(options.id_base, |slot, _| calls_enter[slot]);
                 for f in &mut functions {
-                    if facts.counted_ids.contains(&f.id) {
+                    if facts.counted_ids.contains(&(f.id - options.id_base)) {
                         f.instrumented = true;
                         f.timing = Timing::Counted;
                     }
@@ -128,7 +138,7 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
         };
     }
 
-    let functions = names.function_map(abi::HOOKS.len() as u32, |_, names| {
+    let functions = names.function_map(abi::HOOKS.len() as u32 + options.id_base, |_, names| {
         selector.selects_all() || selector.selects(names)
     });
     let selected: Vec<bool> = functions.iter().map(|f| f.instrumented).collect();
@@ -139,6 +149,7 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
         options.unwind(),
         options.keeps_debug(),
     )?;
+    rewriter.id_base = options.id_base;
     let mut rewritten = bodies::rewrite_bodies(&rewriter, pending)?;
     let timing = match options.timing() {
         CallTiming::EveryCall => selected
@@ -155,7 +166,8 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
             let body_facts: Vec<_> = rewritten.iter().map(|r| &r.facts).collect();
             let mut timing = cost::classify(facts.imported_funcs, &body_facts, &selected, budget);
             for &id in options.counted_also() {
-                let slot = id.checked_sub(facts.imported_funcs + abi::HOOKS.len() as u32);
+                let slot = id
+                    .checked_sub(options.id_base + facts.imported_funcs + abi::HOOKS.len() as u32);
                 if let Some(t) = slot.and_then(|s| timing.get_mut(s as usize))
                     && matches!(t, Timing::Timed(_))
                 {
@@ -198,6 +210,9 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
 ///
 /// [`ErrorKind::Invalid`] if the module's sections cannot be read.
 pub fn is_instrumented(wasm: &[u8]) -> Result<bool> {
+    if Parser::is_component(wasm) {
+        return component::is_instrumented(wasm);
+    }
     facts::is_instrumented(wasm)
 }
 
@@ -248,6 +263,7 @@ impl Names<'_> {
                     file: source.file.clone(),
                     line: source.line,
                     column: source.column,
+                    module: None,
                 }
             })
             .collect()

@@ -10,16 +10,18 @@ use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, ValueEnum};
 use iota_instrument::{CallTiming, IfInstrumented, Instrumented, Options, SymbolMap, UnwindExits};
 
-/// Instrument WebAssembly modules for function-level tracing.
+/// Instrument WebAssembly modules and components for function-level tracing.
 ///
 /// Every defined function calls `dylibso:observe/instrument` `enter(id)` first and `exit(id)` on
 /// every way out, except provably short ones, which count their calls in an exported global
 /// `iota.count.<id>` (`--time-every-call` times them too); `memory-grow(pages)` precedes each
-/// `memory.grow`. `--map` writes the id → name table and how each function is traced.
+/// `memory.grow`. `--map` writes the id → name table and how each function is traced. In a
+/// component every core module is instrumented with every call timed, ids are unique across the
+/// component, the hooks are one imported interface, and the map gives each function's `module`.
 #[derive(Parser, Debug)]
 #[command(version, max_term_width = 100)]
 struct Cli {
-    /// Input modules; `-` reads standard input.
+    /// Input modules or components; `-` reads standard input.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
 
@@ -39,7 +41,8 @@ struct Cli {
     #[arg(long, requires = "out_dir")]
     maps: bool,
 
-    /// Only check: exit 0 if every input is a valid, instrumented module, 1 otherwise.
+    /// Only check: exit 0 if every input is a valid, instrumented module or component, 1
+    /// otherwise.
     /// Writes nothing.
     #[arg(long)]
     check: bool,
@@ -327,14 +330,26 @@ fn report(input: &Path, output: &Path, wasm: &[u8], out: &Instrumented) {
         .filter(|f| f.timing.is_counted())
         .count();
     eprintln!(
-        "{} -> {}: {traced} of {} functions instrumented ({counted} of them counted, not timed), \
-         {} -> {} bytes",
+        "{} -> {}: {traced} of {} functions{} instrumented ({counted} of them counted, not \
+         timed), {} -> {} bytes",
         input.display(),
         output.display(),
         out.functions.len(),
+        in_modules(out),
         wasm.len(),
         out.wasm.len()
     );
+}
+
+/// ` in N core modules` for a component (the modules that define functions), else nothing.
+fn in_modules(out: &Instrumented) -> String {
+    let modules: std::collections::BTreeSet<u32> =
+        out.functions.iter().filter_map(|f| f.module).collect();
+    match modules.len() {
+        0 => String::new(),
+        1 => " in 1 core module".into(),
+        n => format!(" in {n} core modules"),
+    }
 }
 
 /// Prints whether `input` is a valid instrumented module; `Ok(true)` when it is. The input
@@ -351,9 +366,10 @@ fn check(input: &Path, quiet: bool) -> Result<bool> {
         warn(input, &out);
         let traced = out.functions.iter().filter(|f| f.instrumented).count();
         eprintln!(
-            "{}: instrumented ({traced} of {} functions call enter or count their calls)",
+            "{}: instrumented ({traced} of {} functions{} call enter or count their calls)",
             input.display(),
-            out.functions.len()
+            out.functions.len(),
+            in_modules(&out)
         );
     }
     Ok(out.passed_through)

@@ -8,7 +8,8 @@ use crate::error::Warning;
 /// One defined function of the instrumented module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionEntry {
-    /// The id passed to the hooks: the function's index in the output module.
+    /// The id passed to the hooks: the function's index in the output module (in a component,
+    /// plus the ids of the modules before it).
     pub id: u32,
     /// The function's index in the input module.
     pub original_index: u32,
@@ -31,6 +32,11 @@ pub struct FunctionEntry {
     /// Source column of its first instruction, from DWARF, where known.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub column: Option<u32>,
+    /// In a component: the core module the function belongs to, numbered from 0 in the order
+    /// modules appear in the binary (nested components included). Ids are unique across the
+    /// component; `original_index` is the function's index in its module.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub module: Option<u32>,
 }
 
 /// Demangles a Rust (legacy or v0) or Itanium C++ symbol; other names come back unchanged.

@@ -52,6 +52,8 @@ pub struct Options {
     call_timing: CallTiming,
     /// Hook ids of functions to count even where the cost model would time them.
     count_also: Vec<u32>,
+    /// Added to every function id: a component's modules get ids above one another's.
+    pub(crate) id_base: u32,
 }
 
 /// Which calls report `enter`/`exit` (timed) and which only count.

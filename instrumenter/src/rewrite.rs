@@ -40,6 +40,8 @@ pub(crate) struct Rewriter<'a, 'f> {
     counted_ids: Vec<u32>,
     globals_written: bool,
     exports_written: bool,
+    /// Added to every id passed to the hooks (see `Options::id_base`).
+    pub(crate) id_base: u32,
 }
 
 impl<'a, 'f> Rewriter<'a, 'f> {
@@ -86,6 +88,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             counted_ids: Vec::new(),
             globals_written: false,
             exports_written: false,
+            id_base: 0,
         })
     }
 
@@ -230,7 +233,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             .expect("validated: a defined function has a function type");
         let counter = self.counters.get(slot).copied().flatten();
         BodyPlan {
-            id: self.output_function_index(index),
+            id: self.output_function_index(index) + self.id_base,
             original_index: index,
             params: sig.params.len() as u32,
             traced: self.selected[slot] && counter.is_none(),

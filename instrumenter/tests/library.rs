@@ -56,10 +56,32 @@ fn invalid_input_reports_what_and_where() {
 }
 
 #[test]
-fn components_are_refused_clearly() {
-    let component = wat("(component)");
-    let err = instrument(&component, &Options::new()).unwrap_err();
-    assert_eq!(err.kind(), &ErrorKind::Component);
+fn components_are_instrumented_module_by_module() {
+    let empty = instrument(&wat("(component)"), &Options::new()).unwrap();
+    assert!(empty.functions.is_empty());
+    assert!(iota_instrument::is_instrumented(&empty.wasm).unwrap());
+
+    let component = wat(r#"(component
+             (core module (func $a) (func $b))
+             (component (core module (func $c))))"#);
+    let out = instrument(&component, &Options::new()).unwrap();
+    wasmparser::Validator::new_with_features(iota_instrument::component_features())
+        .validate_all(&out.wasm)
+        .unwrap();
+    let map: Vec<_> = out
+        .functions
+        .iter()
+        .map(|f| (f.id, f.original_index, f.name.as_str(), f.module))
+        .collect();
+    // Each module's ids start above the previous module's.
+    assert_eq!(
+        map,
+        [
+            (3, 0, "a", Some(0)),
+            (4, 1, "b", Some(0)),
+            (8, 0, "c", Some(1))
+        ]
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod auth;
 mod error;
+mod http;
 mod profile;
 mod query;
 mod read;
@@ -14,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 pub use auth::Tokens;
 pub use error::ApiError;
@@ -86,5 +87,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(read::metrics))
         .merge(crate::web::routes())
+        // HTTP handlers, by module name; the routes above come first.
+        .route("/{name}", any(http::handle))
+        .route("/{name}/{*path}", any(http::handle))
         .with_state(state)
 }

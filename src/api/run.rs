@@ -13,12 +13,16 @@ use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
 use super::query::{Query, remote_parent};
+use crate::registry::LoadedModule;
 use crate::runs::{self, Finished, RunJob, TraceContext};
+use crate::runtime::entry::Call;
+use crate::trace::RequestLine;
 use crate::trace::{Cancel, Ending, new_span_id, new_trace_id};
 
 /// Seconds a client refused for lack of a run slot is told to wait.
 const RUN_RETRY_AFTER_SECS: u64 = 1;
 
+/// `POST /run?name=N`.
 pub(super) async fn run(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -38,10 +42,55 @@ pub(super) async fn run(
         .entry
         .call(query.last("fn"))
         .map_err(ApiError::bad_request)?;
-    if declared_length(&parts.headers).is_some_and(|len| len > state.max_run_body as u64) {
+    // An HTTP handler run through `/run` gets `POST /` with the body and the headers.
+    let request = (call == Call::Handle).then(|| super::http::handler_head(&parts, "/"));
+    let run = Run {
+        module,
+        call,
+        args: query.all("arg"),
+        request,
+        request_line: RequestLine::default(),
+        request_start,
+    };
+    start_run(&state, run, &parts.headers, body).await
+}
+
+/// A run the routes ask for.
+pub(super) struct Run {
+    /// The module version.
+    pub module: Arc<LoadedModule>,
+    /// What to call.
+    pub call: Call,
+    /// `argv[1..]`.
+    pub args: Vec<String>,
+    /// For an HTTP handler: the request's head.
+    pub request: Option<axum::http::request::Parts>,
+    /// The request line the trace tells.
+    pub request_line: RequestLine,
+    /// When the request arrived.
+    pub request_start: SystemTime,
+}
+
+/// Runs `run` with `body` (stdin, or the handler's request body) once a slot is free, and
+/// answers.
+pub(super) async fn start_run(
+    state: &Arc<AppState>,
+    run: Run,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let Run {
+        module,
+        call,
+        args,
+        request,
+        request_line,
+        request_start,
+    } = run;
+    if declared_length(headers).is_some_and(|len| len > state.max_run_body as u64) {
         return Err(body_too_large(state.max_run_body));
     }
-    let trace = trace_context(&state, &parts.headers, request_start);
+    let trace = trace_context(state, headers, request_start);
     let permit = state.runs.acquire().await.map_err(|overloaded| {
         state
             .sinks
@@ -60,12 +109,14 @@ pub(super) async fn run(
     let job = RunJob {
         module,
         call,
-        args: query.all("arg"),
+        args,
         body,
         max_body: state.max_run_body,
         trace: trace.clone(),
         volume,
         learner: Some(state.learner.clone()),
+        request,
+        request_line,
     };
     let answer = runs::start(
         &state.executor,
@@ -125,6 +176,10 @@ fn respond(finished: Finished, trace: &TraceContext, max_body: usize) -> Respons
         headers.insert("tracestate", header_value(&trace_state));
     }
     let error = match finished.ending {
+        Ending::Exit(0) if finished.response.is_some() => {
+            let response = finished.response.expect("checked");
+            return super::http::handler_response(response, headers, &trace_id);
+        }
         Ending::Exit(code) => {
             headers.insert("x-iota-exit-code", HeaderValue::from(code));
             if finished.stdout_truncated {

@@ -85,6 +85,7 @@ fn upload_options(query: &Query, state: &AppState) -> Result<UploadOptions, ApiE
                 .map(|n| n as usize),
             min_span_us: query.number("min_span_us", u64::MAX / 1000)?,
         },
+        outgoing_http: outgoing_hosts(query.last("outgoing_http"))?,
     })
 }
 
@@ -100,6 +101,32 @@ fn store_error(error: StoreError, what: &str) -> ApiError {
         ),
         StoreError::Other(err) => ApiError::internal(format!("{err:#}")),
     }
+}
+
+/// `outgoing_http=HOST[:PORT],...` (or `*`): where a component may send HTTP requests.
+fn outgoing_hosts(value: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(|host| {
+            let ok = !host.is_empty()
+                && host.len() <= 255
+                && (host == "*"
+                    || host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)));
+            if ok {
+                Ok(host.to_ascii_lowercase())
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "invalid `outgoing_http` host {host:?}: expected HOST or HOST:PORT (or `*`), \
+                     comma-separated"
+                )))
+            }
+        })
+        .collect()
 }
 
 fn upload_error(error: UploadError) -> ApiError {

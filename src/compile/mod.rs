@@ -64,6 +64,8 @@ pub struct Compiled {
     pub instrument_ms: f64,
     /// Milliseconds compiling.
     pub compile_ms: f64,
+    /// A core module or a component.
+    pub kind: crate::runtime::component::Kind,
     _dir: ScratchDir,
 }
 
@@ -226,6 +228,7 @@ impl Compiler {
                 instrumented,
                 instrument_ms,
                 compile_ms,
+                kind,
             }) if output.status.success() => Ok(Compiled {
                 runnable: if instrumented {
                     dir.path.join(worker::RUNNABLE)
@@ -238,6 +241,7 @@ impl Compiler {
                 passed_through,
                 instrument_ms,
                 compile_ms,
+                kind,
                 _dir: dir,
             }),
             Some(WorkerReport::Refused { stage, message }) => {

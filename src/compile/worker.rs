@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use iota_instrument::{CallTiming, FunctionEntry, IfInstrumented, Options, SymbolMap, UnwindExits};
 use serde::{Deserialize, Serialize};
-use wasmtime::{Engine, Module};
+use wasmtime::Engine;
+
+use crate::runtime::component::{Kind, Program};
 
 /// The instrumented module, in the worker's directory.
 pub const RUNNABLE: &str = "runnable.wasm";
@@ -68,6 +70,9 @@ pub enum WorkerReport {
         instrument_ms: f64,
         /// Milliseconds compiling.
         compile_ms: f64,
+        /// A core module or a component.
+        #[serde(default)]
+        kind: Kind,
     },
     /// The input is refused.
     Refused {
@@ -153,8 +158,8 @@ fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
 
     let clock = Instant::now();
     let engine = Engine::new(&crate::runtime::engine_config())?;
-    let module = match Module::new(&engine, runnable) {
-        Ok(module) => module,
+    let program = match Program::new(&engine, runnable) {
+        Ok(program) => program,
         Err(err) => {
             return Ok(WorkerReport::Refused {
                 stage: Stage::Compile,
@@ -162,7 +167,7 @@ fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
             });
         }
     };
-    let artifact = module.serialize()?;
+    let artifact = program.serialize()?;
     let compile_ms = clock.elapsed().as_secs_f64() * 1e3;
     if instrumented {
         std::fs::write(args.dir.join(RUNNABLE), runnable).context("writing the module")?;
@@ -174,5 +179,6 @@ fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
         instrumented,
         instrument_ms,
         compile_ms,
+        kind: program.kind(),
     })
 }

@@ -25,12 +25,13 @@ use bytes::Bytes;
 use iota_instrument::FunctionEntry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmtime::{InstancePre, Module};
+use wasmtime::ModuleExport;
 
 use crate::compile::{Admission, CompileError, Compiled, Compiler, Stage};
 use crate::learning::{LearnSettings, Learning};
+use crate::runtime::Runtime;
+use crate::runtime::component::{Kind, Prepared as Linked, Program, component_entry};
 use crate::runtime::entry::EntryPoints;
-use crate::runtime::{RunState, Runtime};
 use crate::store::cache::Cache;
 use crate::store::collect::Policy;
 use crate::store::local::write_atomic;
@@ -88,6 +89,12 @@ pub struct ModuleInfo {
     /// Span limits chosen at upload (the server's apply to what is unset).
     #[serde(default, skip_serializing_if = "SpanOverrides::is_empty")]
     pub spans: SpanOverrides,
+    /// A core module or a component.
+    #[serde(default)]
+    pub kind: Kind,
+    /// Authorities a component may send HTTP requests to (`*`: any); none when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outgoing_http: Vec<String>,
 }
 
 fn command() -> EntryPoints {
@@ -115,7 +122,7 @@ pub enum Tracing {
 }
 
 /// Options of an upload.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UploadOptions {
     /// Instrument the module (default).
     pub instrument: bool,
@@ -129,6 +136,8 @@ pub struct UploadOptions {
     pub learn: bool,
     /// Span limits for this module's runs.
     pub spans: SpanOverrides,
+    /// Authorities a component may send HTTP requests to (none by default; `*` for any).
+    pub outgoing_http: Vec<String>,
 }
 
 /// A module ready to run.
@@ -136,7 +145,7 @@ pub struct LoadedModule {
     /// Its info.
     pub info: ModuleInfo,
     /// Linked once; each run instantiates it in a fresh store.
-    pub pre: InstancePre<RunState>,
+    pub pre: Linked,
     /// Function names indexed by hook id.
     pub names: Arc<[Option<String>]>,
     /// Functions' source locations indexed by hook id (from DWARF).
@@ -144,7 +153,7 @@ pub struct LoadedModule {
     /// Its WASI calls are timed as host calls (the module asks for it and the server allows).
     pub host_spans: bool,
     /// The counters of its counted functions.
-    pub counters: Vec<(u32, wasmtime::ModuleExport)>,
+    pub counters: Vec<(u32, ModuleExport)>,
     /// A run of it has started in this process (the next is no cold start).
     pub warm: AtomicBool,
     /// What its runs showed, while it is learning which calls are short.
@@ -170,6 +179,13 @@ impl LoadedModule {
     }
 }
 
+/// A program linked for its runs, with how it runs.
+struct Link {
+    pre: Linked,
+    entry: EntryPoints,
+    counters: Vec<(u32, ModuleExport)>,
+}
+
 /// Where a version being installed comes from.
 enum Origin<'a> {
     /// An upload of `sha256` with `options`.
@@ -184,7 +200,7 @@ enum Origin<'a> {
 impl Origin<'_> {
     fn options(&self) -> UploadOptions {
         match self {
-            Origin::Upload { options, .. } => *options,
+            Origin::Upload { options, .. } => options.clone(),
             Origin::Learned { from } => UploadOptions {
                 instrument: true,
                 trap_unknown_imports: from.info.trap_unknown_imports,
@@ -192,6 +208,7 @@ impl Origin<'_> {
                 time_every_call: false,
                 learn: false,
                 spans: from.info.spans,
+                outgoing_http: from.info.outgoing_http.clone(),
             },
         }
     }
@@ -619,15 +636,43 @@ impl Registry {
         ]
     }
 
-    fn deserialize(&self, artifact: &Path) -> Result<Module> {
-        // SAFETY: artifacts are produced by `Module::serialize` in compile workers of this
-        // program, on this server or on another sharing the store, and read from this server's
-        // data directory, its cache, or the store; their names pin the engine's compatibility
-        // hash, which wasmtime checks again. Whoever can write to the store can run native code
-        // here: it is protected like the binary (SECURITY.md).
-        #[allow(unsafe_code)]
-        let module = unsafe { Module::deserialize_file(self.runtime.engine(), artifact)? };
-        Ok(module)
+    fn deserialize(&self, artifact: &Path, kind: Kind) -> Result<Program> {
+        Program::deserialize_file(self.runtime.engine(), artifact, kind)
+    }
+
+    /// Links `program` once for all its runs and finds how it runs (the inner error says why
+    /// it cannot): the linked code, its entry points and its call counters.
+    fn link(
+        &self,
+        program: &Program,
+        trap_unknown_imports: bool,
+        host_spans: bool,
+    ) -> Result<Result<Link, String>> {
+        Ok(match program {
+            Program::Module(module) => {
+                let pre = self
+                    .runtime
+                    .prepare(module, trap_unknown_imports, host_spans)?;
+                EntryPoints::of(module).map(|entry| Link {
+                    pre: Linked::Module(pre),
+                    entry,
+                    counters: Runtime::counters(module),
+                })
+            }
+            Program::Component(component) => {
+                match component_entry(self.runtime.engine(), component) {
+                    Ok(entry) => Ok(Link {
+                        pre: Linked::Component(
+                            self.runtime
+                                .prepare_component(component, trap_unknown_imports)?,
+                        ),
+                        entry,
+                        counters: Vec::new(),
+                    }),
+                    Err(message) => Err(message),
+                }
+            }
+        })
     }
 
     /// Instruments, compiles, links and stores `wasm` under `name`, replacing any previous
@@ -685,14 +730,32 @@ impl Registry {
     ) -> Result<Prepared, UploadError> {
         let runnable = std::fs::read(&compiled.runnable).context("reading the compiled module")?;
         let runnable_sha256 = sha256_hex(&runnable);
-        let module = self.deserialize(&compiled.artifact)?;
+        // The engine checks the code against its instance pool here: a memory whose minimum
+        // is over the run memory limit cannot be run.
+        let program = self
+            .deserialize(&compiled.artifact, compiled.kind)
+            .map_err(|e| {
+                UploadError::NotRunnable(format!(
+                    "module cannot run within this server's limits: {e:#}"
+                ))
+            })?;
+        let kind = program.kind();
         let options = origin.options();
-        let host_spans = options.host_spans && self.runtime.host_spans();
-        let pre = self
-            .runtime
-            .prepare(&module, options.trap_unknown_imports, host_spans)
-            .map_err(|e| UploadError::Link(format!("{e:#}")))?;
-        let entry = EntryPoints::of(&module).map_err(UploadError::NotRunnable)?;
+        if !options.outgoing_http.is_empty() && kind == Kind::Module {
+            return Err(UploadError::NotRunnable(
+                "`outgoing_http` is for components: a core module cannot make HTTP requests".into(),
+            ));
+        }
+        // WASI 0.2 calls are not timed.
+        let host_spans = options.host_spans && kind == Kind::Module && self.runtime.host_spans();
+        let Link {
+            pre,
+            entry,
+            counters,
+        } = self
+            .link(&program, options.trap_unknown_imports, host_spans)
+            .map_err(|e| UploadError::Link(format!("{e:#}")))?
+            .map_err(UploadError::NotRunnable)?;
         let tracing = match (options.instrument, compiled.passed_through) {
             (false, _) => Tracing::None,
             (true, true) => Tracing::Preinstrumented,
@@ -717,17 +780,20 @@ impl Registry {
                 counted_functions: counted(&functions),
                 learned_functions: 0,
                 generation: 0,
-                learn: options.learn,
+                // A component's calls are all timed: its counters are out of the host's reach.
+                learn: options.learn && kind == Kind::Module,
                 tracing,
                 entry,
                 trap_unknown_imports: options.trap_unknown_imports,
-                host_spans: options.host_spans,
-                timing: if options.time_every_call {
+                host_spans: options.host_spans && kind == Kind::Module,
+                timing: if options.time_every_call || kind == Kind::Component {
                     every_call()
                 } else {
                     "counted".into()
                 },
                 spans: options.spans,
+                kind,
+                outgoing_http: options.outgoing_http.clone(),
                 uploaded_at: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
@@ -778,7 +844,7 @@ impl Registry {
                 names,
                 locations,
                 host_spans,
-                counters: Runtime::counters(&module),
+                counters,
                 warm: AtomicBool::new(false),
             },
             names_file,

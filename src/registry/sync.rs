@@ -8,14 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use futures_util::StreamExt;
-use wasmtime::Module;
 
 use super::{
-    Current, Failure, LoadedModule, ModuleInfo, Registry, Seen, StoredName, Unverified, is_sha256,
-    lock, split_names, validate_name,
+    Current, Failure, Link, LoadedModule, ModuleInfo, Registry, Seen, StoredName, Unverified,
+    is_sha256, lock, split_names, validate_name,
 };
-use crate::runtime::Runtime;
-use crate::runtime::entry::EntryPoints;
+use crate::runtime::component::{Kind, Program};
 use crate::store::collect::{self, Collected, LEASE_REFRESH, Lease, VersionRefs};
 use crate::store::{ContentKey, Expect, Pointers, StoreError, Tag};
 
@@ -179,12 +177,16 @@ impl Registry {
             .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
             .with_context(|| format!("reading {}", names_file.display()))?;
         let (names, locations) = split_names(names);
-        let module = self.compiled(&info.runnable_sha256).await?;
+        let program = self.compiled(&info.runnable_sha256, info.kind).await?;
         let host_spans = info.host_spans && self.runtime.host_spans();
-        let pre = self
-            .runtime
-            .prepare(&module, info.trap_unknown_imports, host_spans)?;
-        info.entry = EntryPoints::of(&module).map_err(anyhow::Error::msg)?;
+        let Link {
+            pre,
+            entry,
+            counters,
+        } = self
+            .link(&program, info.trap_unknown_imports, host_spans)?
+            .map_err(anyhow::Error::msg)?;
+        info.entry = entry;
         Ok(LoadedModule {
             learning: self.learning_for(&info),
             info,
@@ -192,20 +194,20 @@ impl Registry {
             names,
             locations,
             host_spans,
-            counters: Runtime::counters(&module),
+            counters,
             warm: AtomicBool::new(false),
         })
     }
 
     /// The stored runnable module `sha` compiled for this engine: its artifact from the store,
     /// or compiled here (by a worker, as uploads are) and stored for the other servers.
-    async fn compiled(&self, sha: &str) -> Result<Module, StoreError> {
+    async fn compiled(&self, sha: &str, kind: Kind) -> Result<Program, StoreError> {
         let key = ContentKey::Artifact {
             sha: sha.to_string(),
             engine: self.engine_key.clone(),
         };
         if let Some(path) = self.cache.file(self.store.as_ref(), &key).await? {
-            match self.deserialize(&path) {
+            match self.deserialize(&path, kind) {
                 Ok(module) => {
                     self.counters
                         .artifacts_fetched
@@ -228,7 +230,7 @@ impl Registry {
             .precompile(&wasm)
             .await
             .map_err(|e| anyhow!("compiling stored module {sha}: {e}"))?;
-        let module = self.deserialize(&compiled.artifact)?;
+        let module = self.deserialize(&compiled.artifact, compiled.kind)?;
         self.cache
             .put(self.store.as_ref(), &key, &compiled.artifact)
             .await?;

@@ -16,6 +16,9 @@ pub enum EntryPoints {
         /// Exported functions of type `[] -> []` a run may call, in export order.
         functions: Vec<String>,
     },
+    /// A component exporting `wasi:http/incoming-handler`: a run hands it one request.
+    #[serde(rename = "http-handler")]
+    HttpHandler,
 }
 
 /// What one run calls.
@@ -23,6 +26,8 @@ pub enum EntryPoints {
 pub enum Call {
     /// `_start`.
     Start,
+    /// `wasi:http/incoming-handler`'s `handle`, with the request.
+    Handle,
     /// `_initialize` first if `initialize`, then `function`.
     Reactor {
         /// Call `_initialize` first.
@@ -77,6 +82,11 @@ impl EntryPoints {
     /// A command given a function, a reactor given none or one it does not export.
     pub fn call(&self, function: Option<&str>) -> Result<Call, String> {
         match (self, function) {
+            (EntryPoints::HttpHandler, None) => Ok(Call::Handle),
+            (EntryPoints::HttpHandler, Some(f)) => Err(format!(
+                "`fn={f}` is for reactors: this component is an HTTP handler and handles the \
+                 request"
+            )),
             (EntryPoints::Command, None) => Ok(Call::Start),
             (EntryPoints::Command, Some(f)) => Err(format!(
                 "`fn={f}` is for reactors: this module is a WASI command and runs `_start`"

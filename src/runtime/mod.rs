@@ -5,7 +5,9 @@
 //! cancelled, whatever the guest is doing: the run's future is dropped, which unwinds the guest,
 //! and the store is still there to read its trace from.
 
+pub mod component;
 pub mod entry;
+pub mod http;
 pub mod limiter;
 pub mod observe;
 pub mod stdio;
@@ -30,6 +32,7 @@ use crate::budget::MemoryBudget;
 use crate::config::ServeConfig;
 use crate::trace::recorder::Recorder;
 use crate::trace::{Cancel, Ending};
+use component::{ComponentState, Prepared};
 use entry::Call;
 use limiter::{BudgetLimiter, LimitExceeded};
 use stdio::CapturedOutput;
@@ -87,13 +90,15 @@ pub struct Runtime {
     traced: Linker<RunState>,
     /// WASI as it is.
     plain: Linker<RunState>,
+    /// Components: WASI 0.2, `wasi:http` and the hook interface.
+    components: wasmtime::component::Linker<ComponentState>,
     limits: RunLimits,
 }
 
 /// What one run executes.
 pub struct Invocation<'a> {
-    /// The linked module.
-    pub pre: &'a InstancePre<RunState>,
+    /// The linked module or component.
+    pub pre: &'a Prepared,
     /// `argv[0]`: the module's name.
     pub program: &'a str,
     /// `argv[1..]`.
@@ -112,6 +117,10 @@ pub struct Invocation<'a> {
     pub counters: &'a [(u32, ModuleExport)],
     /// Calls shorter than this count in the aggregates only.
     pub min_span_ns: u64,
+    /// For an HTTP handler: the request.
+    pub http: Option<axum::http::Request<http::LimitedBody>>,
+    /// Authorities the guest may send HTTP requests to (components only).
+    pub outgoing_http: &'a [String],
 }
 
 /// The result of one run.
@@ -132,6 +141,8 @@ pub struct RunOutcome {
     pub stdout_truncated: bool,
     /// Peak bytes the run held: memories, tables and host buffers.
     pub memory_bytes: usize,
+    /// What an HTTP handler answered.
+    pub response: Option<http::HandlerResponse>,
 }
 
 /// The engine settings every compiled module must share: the WebAssembly proposals the server
@@ -189,6 +200,7 @@ impl Runtime {
             link_hooks(linker, |s: &mut RunState| &mut s.recorder)?;
             observe::add_observe_api(linker)?;
         }
+        let components = component::linker(&engine)?;
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("iota-epoch".into())
@@ -203,6 +215,7 @@ impl Runtime {
             engine,
             traced,
             plain,
+            components,
             limits,
         }))
     }
@@ -271,6 +284,12 @@ impl Runtime {
         invocation: Invocation<'_>,
         cancelled: impl Future<Output = Cancel>,
     ) -> RunOutcome {
+        let pre = match invocation.pre {
+            Prepared::Module(pre) => pre,
+            Prepared::Component(component) => {
+                return self.run_component(component, invocation, cancelled).await;
+            }
+        };
         let budget = Arc::new(MemoryBudget::new(self.limits.memory));
         // The stdin path's buffers are held whatever the guest reads.
         budget.charge(stdio::STDIN_HELD);
@@ -313,7 +332,7 @@ impl Runtime {
         store.data_mut().recorder.start();
         let mut instance = None;
         let ending = {
-            let guest = call(&mut store, invocation.pre, invocation.call, &mut instance);
+            let guest = call(&mut store, pre, invocation.call, &mut instance);
             tokio::select! {
                 result = guest => result,
                 () = tokio::time::sleep(self.limits.timeout) => Ending::Timeout,
@@ -338,6 +357,7 @@ impl Runtime {
             started,
             run_ns,
             memory_bytes: budget.used(),
+            response: None,
         }
     }
 }
@@ -390,6 +410,8 @@ async fn call(
                 let function = instance.get_typed_func::<(), ()>(&mut *store, function)?;
                 function.call_async(&mut *store, ()).await
             }
+            // Entry points of components: a core module never has them.
+            Call::Handle => wasmtime::bail!("a core module has no HTTP handler"),
         }
     }
     .await;
@@ -398,6 +420,9 @@ async fn call(
         Err(error) => guest_ending(error),
     }
 }
+
+/// Core instances budgeted per run slot: enough for components made of several core modules.
+const COMPONENT_CORE_INSTANCES: u32 = 16;
 
 /// Bytes of each pooled memory and table reset in place rather than returned to the kernel.
 const KEEP_RESIDENT: usize = 4 << 20;
@@ -411,9 +436,12 @@ fn pool(limits: &RunLimits) -> PoolingAllocationConfig {
         .saturating_mul(2)
         .saturating_add(8);
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_core_instances(slots)
+    // A component holds several core instances (a Rust command: its program, wit-component's
+    // shim and fixup, the hooks' gate and wrappers), and a few tables.
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(COMPONENT_CORE_INSTANCES))
         .total_memories(slots.saturating_mul(2))
-        .total_tables(slots.saturating_mul(2))
+        .total_tables(slots.saturating_mul(4))
         .total_stacks(slots)
         .max_memories_per_module(2)
         .max_tables_per_module(2)

@@ -30,7 +30,8 @@ pub struct SpanRecord {
     pub span_id: SpanId,
     /// Its parent, if any (for the request span: the caller's span from `traceparent`).
     pub parent_span_id: Option<SpanId>,
-    /// Span name: `POST /run`, `run <module>`, or the function name.
+    /// Span name: `POST /run` (or the method and route of a request to an HTTP handler),
+    /// `run <module>`, or the function name.
     pub name: String,
     /// Server for the request span, internal for the rest.
     pub kind: SpanKind,
@@ -120,6 +121,8 @@ pub struct TraceRecord {
     run_ns: u64,
     ending: Ending,
     stderr: Bytes,
+    request: RequestLine,
+    response_status: Option<u16>,
     /// Kept calls in start order; parents index this vector and come before their callees.
     calls: Vec<Call>,
     /// Memory growth, host calls' bytes and the guest's notes, each in its kept call.
@@ -288,6 +291,31 @@ pub struct RunFacts {
     pub trace_state: TraceState,
     /// Bytes the run held at its end: memories, tables and host buffers.
     pub memory_bytes: usize,
+    /// The request that started the run.
+    pub request: RequestLine,
+    /// The status answered, when the guest chose it (an HTTP handler's response).
+    pub response_status: Option<u16>,
+}
+
+/// The request a run answers: `POST /run`, or a request to an HTTP handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLine {
+    /// Its method.
+    pub method: String,
+    /// The route that matched (`/run`, `/{name}/{*path}`).
+    pub route: String,
+    /// The path asked for.
+    pub path: String,
+}
+
+impl Default for RequestLine {
+    fn default() -> Self {
+        RequestLine {
+            method: "POST".into(),
+            route: "/run".into(),
+            path: "/run".into(),
+        }
+    }
 }
 
 impl TraceRecord {
@@ -332,6 +360,8 @@ impl TraceRecord {
             run_ns: facts.run_ns,
             ending: facts.ending,
             stderr: facts.stderr,
+            request: facts.request,
+            response_status: facts.response_status,
             volume: Volume {
                 calls_logged,
                 short_calls: recorder.short_calls(),
@@ -438,15 +468,16 @@ impl TraceRecord {
         let at = |ns: u64| self.run_start + Duration::from_nanos(ns);
         let error = self.ending.error();
         let mut spans = Vec::with_capacity(self.span_count());
+        let status = match (&self.ending, self.response_status) {
+            (Ending::Exit(0), Some(status)) => status,
+            _ => self.ending.http_status(),
+        };
         let mut request_attributes = vec![
-            KeyValue::new("http.request.method", "POST"),
-            KeyValue::new("http.route", "/run"),
-            KeyValue::new("url.path", "/run"),
+            KeyValue::new("http.request.method", self.request.method.clone()),
+            KeyValue::new("http.route", self.request.route.clone()),
+            KeyValue::new("url.path", self.request.path.clone()),
             KeyValue::new("url.scheme", "http"),
-            KeyValue::new(
-                "http.response.status_code",
-                i64::from(self.ending.http_status()),
-            ),
+            KeyValue::new("http.response.status_code", i64::from(status)),
             KeyValue::new("faas.trigger", "http"),
             KeyValue::new("faas.invocation_id", self.request_span.to_string()),
             KeyValue::new("faas.coldstart", self.coldstart),
@@ -461,7 +492,7 @@ impl TraceRecord {
         spans.push(SpanRecord {
             span_id: self.request_span,
             parent_span_id: self.remote_parent,
-            name: "POST /run".into(),
+            name: format!("{} {}", self.request.method, self.request.route),
             kind: SpanKind::Server,
             start: self.request_start,
             end: self.request_end.max(at(self.run_ns)),

@@ -1,6 +1,7 @@
 //! Conformance of the instrumenter: the WebAssembly spec suite, the fixtures run
 //! side by side instrumented and not, generated modules, and the CLI.
 
+mod components;
 mod exits;
 mod fixtures;
 #[path = "../common/hooks.rs"]
@@ -12,3 +13,5 @@ mod smith;
 mod spec;
 #[path = "../common/wasi.rs"]
 mod wasi;
+#[path = "../common/wasi_p2.rs"]
+mod wasi_p2;

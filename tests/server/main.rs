@@ -3,6 +3,7 @@
 mod auth;
 mod browser;
 mod client;
+mod components;
 mod corpus;
 mod counting;
 mod errors;
@@ -17,6 +18,7 @@ mod isolation;
 mod limits;
 mod observe;
 mod otlp;
+mod otlp_components;
 mod profile;
 #[path = "../common/programs.rs"]
 mod programs;
