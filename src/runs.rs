@@ -175,8 +175,12 @@ async fn execute(
         }
         None => {
             let pump = tokio::spawn(async move {
-                if let Err(cancel) = pump_body(job.body, to_guest, job.max_body).await {
+                let mut to_guest = to_guest;
+                if let Err(cancel) = pump_body(job.body, &mut to_guest, job.max_body).await {
                     let _ = stdin_failed.send(cancel);
+                    // The guest must not read an end of a body that has none: its stdin stays
+                    // open until the run is cancelled (and this task aborted).
+                    std::future::pending::<()>().await;
                 }
             });
             (Some(pump), None)
@@ -297,7 +301,7 @@ async fn cancelled(
 /// Ends when the body does, or when the guest no longer reads (its run ended).
 async fn pump_body(
     mut body: Body,
-    mut to_guest: tokio::io::DuplexStream,
+    to_guest: &mut tokio::io::DuplexStream,
     limit: usize,
 ) -> Result<(), Cancel> {
     let mut total = 0usize;
