@@ -789,3 +789,25 @@ fn a_version_learned_on_any_server_becomes_every_server_s() {
         assert_eq!(quick["timing"], "learned");
     }
 }
+
+#[test]
+#[ignore = "needs SEAWEEDFS_WEED (scripts/install-seaweedfs.sh); run by scripts/test"]
+fn components_reach_the_other_servers_with_their_kind_and_artifact() {
+    let weed = Seaweed::start("components");
+    let a = weed.node("components", "a", &[]);
+    let command = a.upload_ok("cvc", &fixture("count_vowels.component.wasm"));
+    assert_eq!(command["kind"], "component");
+    a.upload_ok("handler", &fixture("http_handler.wasm"));
+
+    let b = weed.node("components", "b", &[]);
+    assert_eq!(info(&b, "cvc").unwrap()["kind"], "component");
+    assert!(runs(&b, "name=cvc", "Hello, world!", "3\n"));
+    assert_eq!(b.metric("iota_store_artifacts_fetched_total"), 2);
+    assert_eq!(b.metric("iota_store_artifacts_compiled_total"), 0);
+    let response = b.post_raw("/handler/vowels", b"Hello, world!".to_vec(), "text/plain");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().unwrap(), "3\n");
+    // The traced handler: its function spans, as on the server it was uploaded to.
+    let trace_id = trace_id_of(&b.get("/handler/fib/12"));
+    assert_eq!(trace_shape(&b, &trace_id).1["http_handler::fib"], 465);
+}
