@@ -14,7 +14,6 @@ use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
 use super::run::{Run, start_run};
-use crate::registry::validate_name;
 use crate::runtime::entry::{Call, EntryPoints};
 use crate::runtime::http::HandlerResponse;
 use crate::trace::RequestLine;
@@ -36,11 +35,7 @@ pub(super) async fn handle(
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, "/"),
     };
-    validate_name(name).map_err(ApiError::bad_request)?;
-    let module = state
-        .registry
-        .get(name)
-        .ok_or_else(|| ApiError::no_module(name))?;
+    let module = state.module(name)?;
     if module.info.entry != EntryPoints::HttpHandler {
         return Err(ApiError::bad_request(format!(
             "module `{name}` is not an HTTP handler (a component exporting \

@@ -21,7 +21,7 @@ pub use auth::Tokens;
 pub use error::ApiError;
 
 use crate::learning::Learner;
-use crate::registry::Registry;
+use crate::registry::{LoadedModule, Registry, validate_name};
 use crate::runs::{RunSlots, TraceSinks};
 use crate::runtime::Runtime;
 use crate::trace::SpanVolume;
@@ -53,6 +53,16 @@ pub struct AppState {
     pub sampler: Sampler,
     /// Where runs send what they taught about their module's short calls.
     pub learner: Learner,
+}
+
+impl AppState {
+    /// The module `name` serves now: `400` for a malformed name, `404` for an unknown one.
+    fn module(&self, name: &str) -> Result<Arc<LoadedModule>, error::ApiError> {
+        validate_name(name).map_err(error::ApiError::bad_request)?;
+        self.registry
+            .get(name)
+            .ok_or_else(|| error::ApiError::no_module(name))
+    }
 }
 
 /// Counters of uploads, for `/metrics`.

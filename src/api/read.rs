@@ -13,7 +13,6 @@ use serde_json::json;
 use super::AppState;
 use super::auth::authorize;
 use super::error::ApiError;
-use crate::registry::validate_name;
 use crate::trace::TraceRecord;
 
 pub(super) fn authorize_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -34,11 +33,7 @@ pub(super) async fn get_module(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize_read(&state, &headers)?;
-    validate_name(&name).map_err(ApiError::bad_request)?;
-    let module = state
-        .registry
-        .get(&name)
-        .ok_or_else(|| ApiError::no_module(&name))?;
+    let module = state.module(&name)?;
     let mut info = serde_json::to_value(&module.info).map_err(ApiError::internal)?;
     info["learning"] = json!(module.learning_state());
     Ok(Json(info))
@@ -50,10 +45,7 @@ pub(super) async fn get_function_map(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize_read(&state, &headers)?;
-    validate_name(&name).map_err(ApiError::bad_request)?;
-    if state.registry.get(&name).is_none() {
-        return Err(ApiError::no_module(&name));
-    }
+    state.module(&name)?;
     let map = state
         .registry
         .function_map(&name)

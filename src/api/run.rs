@@ -32,11 +32,7 @@ pub(super) async fn run(
     let (parts, body) = request.into_parts();
     authorize(&parts.headers, state.tokens.run.as_deref())?;
     let query = Query::parse(query.as_deref());
-    let name = query.module_name()?;
-    let module = state
-        .registry
-        .get(&name)
-        .ok_or_else(|| ApiError::no_module(&name))?;
+    let module = state.module(&query.module_name()?)?;
     let call = module
         .info
         .entry

@@ -259,6 +259,8 @@ impl Runtime {
         let mut argv = Vec::with_capacity(invocation.args.len() + 1);
         argv.push(invocation.program.to_string());
         argv.extend(invocation.args.iter().cloned());
+        // WASI 0.2 calls are not timed.
+        let recorder = self.recorder(&invocation, 0, &budget);
         let wasi = WasiCtxBuilder::new()
             .stdin(invocation.stdin)
             .stdout(stdout.clone())
@@ -275,17 +277,7 @@ impl Runtime {
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             outgoing: OutgoingPolicy::new(invocation.outgoing_http.to_vec()),
-            recorder: Recorder::with_budget(
-                invocation.functions,
-                0,
-                if invocation.record_calls {
-                    self.limits.max_events
-                } else {
-                    0
-                },
-                invocation.min_span_ns,
-                budget.clone(),
-            ),
+            recorder,
             limiter: BudgetLimiter::new(budget.clone()),
         };
         let mut store = Store::new(&self.engine, state);

@@ -277,6 +277,27 @@ impl Runtime {
         Ok(linker.instantiate_pre(module)?)
     }
 
+    /// The event log of a run of `invocation` with `host_functions` host functions timed,
+    /// within `budget`.
+    fn recorder(
+        &self,
+        invocation: &Invocation<'_>,
+        host_functions: usize,
+        budget: &Arc<MemoryBudget>,
+    ) -> Recorder {
+        Recorder::with_budget(
+            invocation.functions,
+            host_functions,
+            if invocation.record_calls {
+                self.limits.max_events
+            } else {
+                0
+            },
+            invocation.min_span_ns,
+            budget.clone(),
+        )
+    }
+
     /// Runs `invocation` in a fresh store until it ends, its deadline passes, or `cancelled`
     /// resolves, whichever comes first. Frames left open are closed by the recorder.
     pub async fn run(
@@ -298,6 +319,12 @@ impl Runtime {
         let mut argv = Vec::with_capacity(invocation.args.len() + 1);
         argv.push(invocation.program.to_string());
         argv.extend(invocation.args.iter().cloned());
+        let host_functions = if invocation.host_spans {
+            wasi::WASI_FUNCTIONS.len()
+        } else {
+            0
+        };
+        let recorder = self.recorder(&invocation, host_functions, &budget);
         let wasi = WasiCtxBuilder::new()
             .stdin(invocation.stdin)
             .stdout(stdout.clone())
@@ -306,21 +333,7 @@ impl Runtime {
             .build_p1();
         let state = RunState {
             wasi,
-            recorder: Recorder::with_budget(
-                invocation.functions,
-                if invocation.host_spans {
-                    wasi::WASI_FUNCTIONS.len()
-                } else {
-                    0
-                },
-                if invocation.record_calls {
-                    self.limits.max_events
-                } else {
-                    0
-                },
-                invocation.min_span_ns,
-                budget.clone(),
-            ),
+            recorder,
             limiter: BudgetLimiter::new(budget.clone()),
         };
         let mut store = Store::new(&self.engine, state);
