@@ -151,6 +151,10 @@ pub struct RunOutcome {
 pub fn engine_config() -> Config {
     let mut config = proposals();
     config.epoch_interruption(true);
+    // Component runs call their exports one at a time (no `run_concurrent`); without the
+    // concurrent machinery a component's call of a host function (a hook, a WASI 0.2 call)
+    // creates no host task in the store's tables.
+    config.concurrency_support(false);
     config
 }
 
