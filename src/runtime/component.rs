@@ -280,10 +280,7 @@ impl Runtime {
             recorder,
             limiter: BudgetLimiter::new(budget.clone()),
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        let mut store = self.store(state, |s| &mut s.limiter);
 
         let started = SystemTime::now();
         store.data_mut().recorder.start();

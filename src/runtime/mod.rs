@@ -302,6 +302,17 @@ impl Runtime {
         )
     }
 
+    /// A fresh store for one run holding `state`: its memory and tables within the budget of
+    /// the limiter `limiter` finds in it, and yielding to the executor at every epoch tick (so
+    /// the run's deadline and cancellation can end it).
+    fn store<T: 'static>(&self, state: T, limiter: fn(&mut T) -> &mut BudgetLimiter) -> Store<T> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(move |s| limiter(s));
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
     /// Runs `invocation` in a fresh store until it ends, its deadline passes, or `cancelled`
     /// resolves, whichever comes first. Frames left open are closed by the recorder.
     pub async fn run(
@@ -340,10 +351,7 @@ impl Runtime {
             recorder,
             limiter: BudgetLimiter::new(budget.clone()),
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        let mut store = self.store(state, |s| &mut s.limiter);
 
         let started = SystemTime::now();
         store.data_mut().recorder.start();

@@ -25,6 +25,20 @@ pub enum Exit {
     Trap(Trap),
 }
 
+impl Exit {
+    /// How a run that failed with `error` ended: its `proc_exit` code, or its trap.
+    pub fn of_error(error: &wasmtime::Error) -> Exit {
+        match (
+            error.downcast_ref::<wasmtime_wasi::I32Exit>(),
+            error.downcast_ref::<Trap>(),
+        ) {
+            (Some(exit), _) => Exit::Code(exit.0),
+            (_, Some(trap)) => Exit::Trap(*trap),
+            _ => panic!("unexpected error: {error:?}"),
+        }
+    }
+}
+
 pub struct Outcome {
     pub stdout: Vec<u8>,
     pub exit: Exit,
@@ -85,14 +99,7 @@ pub fn run_module(engine: &Engine, module: &Module, args: &[&str], stdin: &[u8])
     });
     let exit = match result {
         Ok(()) => Exit::Code(0),
-        Err(e) => match (
-            e.downcast_ref::<wasmtime_wasi::I32Exit>(),
-            e.downcast_ref::<Trap>(),
-        ) {
-            (Some(exit), _) => Exit::Code(exit.0),
-            (_, Some(trap)) => Exit::Trap(*trap),
-            _ => panic!("unexpected error: {e:?}"),
-        },
+        Err(e) => Exit::of_error(&e),
     };
     Outcome {
         stdout: stdout.contents().to_vec(),

@@ -1,7 +1,7 @@
 //! Running WASI 0.2 command components in wasmtime with the hook interface linked.
 
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreContextMut, Trap};
+use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -80,14 +80,7 @@ pub fn run_component(engine: &Engine, wasm: &[u8], args: &[&str], stdin: &[u8]) 
     let exit = match result {
         Ok(Ok(())) => Exit::Code(0),
         Ok(Err(())) => Exit::Code(1),
-        Err(e) => match (
-            e.downcast_ref::<wasmtime_wasi::I32Exit>(),
-            e.downcast_ref::<Trap>(),
-        ) {
-            (Some(exit), _) => Exit::Code(exit.0),
-            (_, Some(trap)) => Exit::Trap(*trap),
-            _ => panic!("unexpected error: {e:?}"),
-        },
+        Err(e) => Exit::of_error(&e),
     };
     Outcome {
         stdout: stdout.contents().to_vec(),

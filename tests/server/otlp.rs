@@ -100,6 +100,21 @@ impl Receiver {
         );
     }
 
+    /// The spans of `trace_id`, once rotel has printed at least `expected` of them.
+    pub fn wait_for_spans(&self, trace_id: &str, expected: usize, what: &str) -> Vec<ReceivedSpan> {
+        self.wait_for(
+            |out| {
+                parse_spans(out)
+                    .iter()
+                    .filter(|s| s.trace_id == trace_id)
+                    .count()
+                    >= expected
+            },
+            what,
+        );
+        self.spans(trace_id)
+    }
+
     /// The spans of `trace_id` that rotel printed.
     pub fn spans(&self, trace_id: &str) -> Vec<ReceivedSpan> {
         parse_spans(&self.output.lock().unwrap())
@@ -268,17 +283,7 @@ fn exports_guest_telemetry(protocol: &str) {
     );
     // The manual spans and the host call, with their attributes.
     let expected = local["spans"].as_array().unwrap().len();
-    receiver.wait_for(
-        |out| {
-            parse_spans(out)
-                .iter()
-                .filter(|s| s.trace_id == trace_id)
-                .count()
-                >= expected
-        },
-        "all spans",
-    );
-    let spans = receiver.spans(&trace_id);
+    let spans = receiver.wait_for_spans(&trace_id, expected, "all spans");
     let request = spans.iter().find(|s| s.name == "request").unwrap();
     assert_eq!(request.attributes["user"], "Str(42)");
     let write = spans.iter().find(|s| s.name == "wasi:fd_write").unwrap();
@@ -446,17 +451,7 @@ fn exports_nested_function_spans(protocol: &str) {
     let trace_id = trace_id_of(&response);
     let expected = server.trace(&trace_id)["spans"].as_array().unwrap().len();
 
-    receiver.wait_for(
-        |out| {
-            parse_spans(out)
-                .iter()
-                .filter(|s| s.trace_id == trace_id)
-                .count()
-                >= expected
-        },
-        "all spans",
-    );
-    let spans = receiver.spans(&trace_id);
+    let spans = receiver.wait_for_spans(&trace_id, expected, "all spans");
     assert_eq!(spans.len(), expected);
     assert!(
         receiver

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::harness::{Server, data_dir, fixture, trace_id_of};
-use crate::otlp::{ReceivedSpan, Receiver, parse_spans};
+use crate::otlp::{ReceivedSpan, Receiver};
 
 /// Checks that the spans of `trace_id` form one tree under `caller` (the request span, then
 /// `run <module>`, then function spans each within its parent's time), and returns them.
@@ -15,17 +15,7 @@ fn tree_under(
     caller: &str,
     expected: usize,
 ) -> Vec<ReceivedSpan> {
-    receiver.wait_for(
-        |out| {
-            parse_spans(out)
-                .iter()
-                .filter(|s| s.trace_id == trace_id)
-                .count()
-                >= expected
-        },
-        "every span of the run",
-    );
-    let spans = receiver.spans(trace_id);
+    let spans = receiver.wait_for_spans(trace_id, expected, "every span of the run");
     assert_eq!(spans.len(), expected);
     let by_id: HashMap<&str, &ReceivedSpan> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
     let roots: Vec<_> = spans.iter().filter(|s| s.parent_id == caller).collect();

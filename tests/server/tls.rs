@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::harness::{Server, data_dir, fixture, trace_id_of};
-use crate::otlp::{Receiver, parse_spans};
+use crate::otlp::Receiver;
 
 /// A CA, a certificate for `localhost` signed by it, and a client certificate signed by it.
 struct TestPki {
@@ -145,16 +145,8 @@ fn exports_over_tls(protocol: &str) {
     assert_eq!(response.status(), 200);
     let trace_id = trace_id_of(&response);
     let expected = server.trace(&trace_id)["spans"].as_array().unwrap().len();
-    receiver.wait_for(
-        |out| {
-            parse_spans(out)
-                .iter()
-                .filter(|s| s.trace_id == trace_id)
-                .count()
-                == expected
-        },
-        "every span, through TLS",
-    );
+    let spans = receiver.wait_for_spans(&trace_id, expected, "every span, through TLS");
+    assert_eq!(spans.len(), expected);
     assert!(
         front.verified.load(Ordering::SeqCst) >= 1,
         "the client certificate was presented and verified"
