@@ -152,9 +152,13 @@ impl Seaweed {
     }
 
     /// Waits until the S3 gateway lists the bucket.
+    /// Until the store takes writes: the S3 gateway can list before its volume server is up.
     fn wait_ready(&self) {
-        let bucket = self.bucket("");
-        wait_until("the S3 gateway to answer", || bucket.try_keys().is_some());
+        let bucket = self.bucket("ready");
+        wait_until("the store to take a write", || {
+            bucket.try_put("probe", b"ready")
+        });
+        bucket.delete("probe");
     }
 
     fn pid(&self) -> u32 {
@@ -271,6 +275,16 @@ impl Bucket {
                 Err(e) => panic!("{key}: {e}"),
             }
         })
+    }
+
+    /// Writes `key`; whether the store took it.
+    fn try_put(&self, key: &str, bytes: &[u8]) -> bool {
+        self.runtime
+            .block_on(
+                self.store
+                    .put(&self.path(key), PutPayload::from(bytes.to_vec())),
+            )
+            .is_ok()
     }
 
     fn put(&self, key: &str, bytes: &[u8]) {
