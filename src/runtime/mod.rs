@@ -394,6 +394,7 @@ fn read_counters(
     instance: Instance,
     counters: &[(u32, ModuleExport)],
 ) {
+    store.data_mut().recorder.expect_counted(counters.len());
     for (id, export) in counters {
         let count = match instance.get_module_export(&mut *store, export) {
             Some(Extern::Global(global)) => global.get(&mut *store).i64(),

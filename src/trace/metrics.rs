@@ -29,6 +29,7 @@ use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
+use rustc_hash::FxHashMap;
 
 use super::names::{CallKind, CallNames};
 use super::observe::{MetricKind, parse_statsd};
@@ -117,7 +118,7 @@ struct ModuleTotals {
     module: String,
     names: CallNames,
     /// Functions and host calls, by id (the same ids in every run of the version).
-    functions: HashMap<u32, Aggregate>,
+    functions: FxHashMap<u32, Aggregate>,
     /// Manual spans, by name (their ids are per run).
     manual: HashMap<String, Aggregate>,
     runs: HashMap<&'static str, u64>,
@@ -183,7 +184,7 @@ impl FunctionMetrics {
             .or_insert_with(|| ModuleTotals {
                 module: trace.module.clone(),
                 names: names.clone(),
-                functions: HashMap::new(),
+                functions: FxHashMap::default(),
                 manual: HashMap::new(),
                 runs: HashMap::new(),
             });

@@ -330,13 +330,14 @@ impl TraceRecord {
         let calls = tree::retain(all_calls, &keep, &mut marks, |note| {
             matches!(notes.get(note as usize), Some(Note::Tags(_)))
         });
-        let aggregates = recorder
-            .aggregates()
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.calls > 0)
-            .map(|(id, a)| (id as u32, *a))
-            .collect();
+        let called = recorder.aggregates().iter().filter(|a| a.calls > 0).count();
+        let mut aggregates = Vec::with_capacity(called);
+        aggregates.extend(
+            (0u32..)
+                .zip(recorder.aggregates())
+                .filter(|(_, a)| a.calls > 0)
+                .map(|(id, a)| (id, *a)),
+        );
         TraceRecord {
             trace_id: facts.trace_id,
             sampled: facts.sampled,

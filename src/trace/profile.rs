@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use prost::Message;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use super::TraceRecord;
@@ -37,6 +38,9 @@ use super::tree::Call;
 pub const MAX_STACKS: usize = 20_000;
 /// Frames all of a run's distinct stacks hold together (a stack of depth `d` holds `d`).
 pub const MAX_STACK_FRAMES: usize = 1 << 20;
+
+/// Stacks a run's profile has room for before it grows.
+const INITIAL_STACKS: usize = 4096;
 
 /// The formats a profile is served in, by their `format=` names.
 pub const FORMATS: [&str; 5] = ["folded", "speedscope", "pprof", "svg", "stacks"];
@@ -62,17 +66,24 @@ impl Stacks {
     /// Merges `calls` (in start order, parents before callees, as [`super::tree::build`] gives
     /// them) by stack, under a root for the run lasting `run_ns`.
     pub fn from_calls(calls: &[Call], run_ns: u64) -> Stacks {
-        let mut nodes = vec![StackNode {
+        // Room for as many stacks as calls, up to a first guess for long runs (whose calls
+        // mostly repeat stacks).
+        let room = (calls.len() + 1).min(INITIAL_STACKS);
+        let mut nodes = Vec::with_capacity(room);
+        nodes.push(StackNode {
             id: u32::MAX,
             parent: u32::MAX,
             depth: 0,
             calls: 1,
             total_ns: run_ns,
             self_ns: 0,
-        }];
+        });
         // Self time: a call's duration, less its logged callees' (which lie within it).
-        let mut self_ns: Vec<i64> = vec![run_ns as i64];
-        let mut index: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut self_ns: Vec<i64> = Vec::with_capacity(room);
+        self_ns.push(run_ns as i64);
+        // Keys are small integers: a fast hash, not a DoS-resistant one.
+        let mut index: FxHashMap<(u32, u32), u32> =
+            FxHashMap::with_capacity_and_hasher(room, Default::default());
         let mut node_of: Vec<u32> = Vec::with_capacity(calls.len());
         let mut frames = 0usize;
         for call in calls {

@@ -347,6 +347,11 @@ impl Recorder {
         }
     }
 
+    /// Makes room for `functions` more [`count_calls`](Self::count_calls).
+    pub fn expect_counted(&mut self, functions: usize) {
+        self.counted.reserve(functions);
+    }
+
     /// Functions whose calls were counted, not timed.
     pub fn counted(&self) -> &[u32] {
         &self.counted
