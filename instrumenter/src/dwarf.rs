@@ -26,6 +26,13 @@ pub struct SourceInfo {
     pub column: Option<u32>,
 }
 
+impl SourceInfo {
+    /// Whether DWARF said nothing of the function.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.file.is_none()
+    }
+}
+
 /// The `.debug_*` sections of a module, by name.
 #[derive(Default)]
 pub(crate) struct DebugSections<'a> {
@@ -92,6 +99,17 @@ impl<'a> DebugSections<'a> {
         if failures > 0 {
             warnings.push(Warning::new(
                 format!("DWARF debug information of {failures} functions cannot be read"),
+                None,
+            ));
+        }
+        if failures == 0 && !infos.is_empty() && infos.iter().all(SourceInfo::is_empty) {
+            warnings.push(Warning::new(
+                format!(
+                    "DWARF debug information matches none of the module's {} functions: its code \
+                     addresses are not this code's (as when a tool rewrote the module after \
+                     linking without updating them), so no names or source locations come from it",
+                    infos.len()
+                ),
                 None,
             ));
         }

@@ -66,6 +66,8 @@ pub struct Compiled {
     pub compile_ms: f64,
     /// A core module or a component.
     pub kind: crate::runtime::component::Kind,
+    /// What the instrumenter could not use (parts of a `name` section, DWARF).
+    pub warnings: Vec<String>,
     _dir: ScratchDir,
 }
 
@@ -229,6 +231,7 @@ impl Compiler {
                 instrument_ms,
                 compile_ms,
                 kind,
+                warnings,
             }) if output.status.success() => Ok(Compiled {
                 runnable: if instrumented {
                     dir.path.join(worker::RUNNABLE)
@@ -242,6 +245,7 @@ impl Compiler {
                 instrument_ms,
                 compile_ms,
                 kind,
+                warnings,
                 _dir: dir,
             }),
             Some(WorkerReport::Refused { stage, message }) => {

@@ -73,6 +73,9 @@ pub enum WorkerReport {
         /// A core module or a component.
         #[serde(default)]
         kind: Kind,
+        /// What the instrumenter could not use (parts of a `name` section, DWARF), said once.
+        #[serde(default)]
+        warnings: Vec<String>,
     },
     /// The input is refused.
     Refused {
@@ -180,5 +183,6 @@ fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
         instrument_ms,
         compile_ms,
         kind: program.kind(),
+        warnings: out.warnings.iter().map(ToString::to_string).collect(),
     })
 }

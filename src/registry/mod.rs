@@ -95,6 +95,10 @@ pub struct ModuleInfo {
     /// Authorities a component may send HTTP requests to (`*`: any); none when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outgoing_http: Vec<String>,
+    /// What instrumenting it could not use (parts of a `name` section, DWARF that matches no
+    /// function): the module runs, with less readable traces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn command() -> EntryPoints {
@@ -794,6 +798,7 @@ impl Registry {
                 spans: options.spans,
                 kind,
                 outgoing_http: options.outgoing_http.clone(),
+                warnings: compiled.warnings.clone(),
                 uploaded_at: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
@@ -822,6 +827,11 @@ impl Registry {
                 }
             }
         };
+        if let Origin::Upload { .. } = origin {
+            for warning in &info.warnings {
+                tracing::warn!(module = name, "{warning}");
+            }
+        }
         let (names, locations) = match origin {
             Origin::Upload { .. } => split_names(names_by_id(&functions, tracing)),
             Origin::Learned { from } => (from.names.clone(), from.locations.clone()),

@@ -2,6 +2,9 @@
 //! side by side instrumented and not, generated modules, and the CLI.
 
 mod components;
+mod dwarf;
+#[path = "../common/dwarf.rs"]
+mod dwarf_module;
 mod exits;
 mod fixtures;
 #[path = "../common/hooks.rs"]

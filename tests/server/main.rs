@@ -6,6 +6,8 @@ mod client;
 mod components;
 mod corpus;
 mod counting;
+#[path = "../common/dwarf.rs"]
+mod dwarf_module;
 mod errors;
 mod faults;
 mod fleet;

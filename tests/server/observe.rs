@@ -1,6 +1,7 @@
 //! What a trace shows beyond the function calls: WASI calls timed at the boundary, and the
 //! spans, tags, logs and metrics a guest sends through the Observe SDK's API.
 
+use crate::dwarf_module::{DWARF_NAME, module_with_dwarf};
 use crate::harness::{Server, Spans, data_dir, error_of, fixture, trace_id_of};
 
 fn attribute<'a>(span: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
@@ -228,4 +229,35 @@ fn functions_are_named_and_placed_from_dwarf_or_a_symbol_map() {
         error,
         "invalid symbol map, line 1: expected `INDEX:NAME`, found \"this is no map\""
     );
+}
+
+#[test]
+fn an_upload_says_when_its_dwarf_matches_no_function() {
+    let server = Server::start(&data_dir("dwarf-unplaced"), &[], &[]);
+    // Timed, so that each call is a span (both functions are provably short).
+    let placed = server.upload_ok_with("placed", &module_with_dwarf(true), "&timing=every_call");
+    assert_eq!(placed.get("warnings"), None, "{placed}");
+    let response = server.run("name=placed", "");
+    let spans = Spans::of(&server.trace(&trace_id_of(&response)));
+    assert_eq!(spans.named(DWARF_NAME).len(), 1);
+
+    let unplaced =
+        server.upload_ok_with("unplaced", &module_with_dwarf(false), "&timing=every_call");
+    let said = serde_json::json!([
+        "DWARF debug information matches none of the module's 2 functions: its code addresses \
+         are not this code's (as when a tool rewrote the module after linking without updating \
+         them), so no names or source locations come from it"
+    ]);
+    assert_eq!(unplaced["warnings"], said);
+    let info = server
+        .get("/modules/unplaced")
+        .json::<serde_json::Value>()
+        .unwrap();
+    assert_eq!(info["warnings"], said);
+    // The module runs all the same, its functions named as they can be.
+    let response = server.run("name=unplaced", "");
+    assert_eq!(response.status(), 200);
+    let spans = Spans::of(&server.trace(&trace_id_of(&response)));
+    assert_eq!(spans.named("_start").len(), 1);
+    assert!(spans.named(DWARF_NAME).is_empty());
 }
