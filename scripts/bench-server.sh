@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The server's figures, side by side on one machine (BENCHMARKS.md reports them):
-#   p3    /run of count_vowels over HTTP with wrk, traced and untraced, rounds alternating
+#   p3    /run of count_vowels over HTTP with wrk, traced and untraced, three rounds alternating,
+#         with their ratios
 #   p4    one run of fib(33), 11.4M calls: time traced and untraced, trace memory, peak RSS
 #   p5    restart with 100 stored modules: time until the server listens, against a first start
 #   soak  60 s of /run at saturation: errors, latency percentiles, RSS every 5 s
@@ -88,10 +89,13 @@ p3() {
   upload traced fixtures/wasm/count_vowels.wasm ""
   upload untraced fixtures/wasm/count_vowels.wasm "&instrument=false"
   printf '%-9s %10s %9s %9s %7s %12s\n' mode req/s p50 p99 errors 'cpu µs/req'
-  for round in 1 2; do
-    for mode in untraced traced; do
-      echo "$(wrk_line "$mode" 10 16)   (round $round)"
-    done
+  local untraced traced
+  for round in 1 2 3; do
+    untraced=$(wrk_line untraced 10 16)
+    echo "$untraced   (round $round)"
+    traced=$(wrk_line traced 10 16)
+    echo "$traced   (round $round)"
+    echo "traced/untraced: $(awk -v u="$untraced" -v t="$traced" 'BEGIN {split(u, a, " +"); split(t, b, " +"); printf "%.2f× req/s, %.2f× requests per CPU second", b[2] / a[2], a[6] / b[6]}')"
   done
   stop
 }
