@@ -122,6 +122,10 @@ impl Stacks {
         for (node, s) in nodes.iter_mut().zip(self_ns) {
             node.self_ns = s.max(0) as u64;
         }
+        // Kept with the trace: not much more room than it uses.
+        if nodes.capacity() > 2 * nodes.len() {
+            nodes.shrink_to_fit();
+        }
         Stacks { nodes }
     }
 
