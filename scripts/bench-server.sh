@@ -320,7 +320,7 @@ socks = [socket.socket() for _ in range(8)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')"
   "$weed" server -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
-    -master.volumeSizeLimitMB=64 -volume.max=0 -s3 -s3.port.iceberg=0 -s3.port.lance=0 \
+    -master.volumeSizeLimitMB=64 -volume.max=0 -volume.minFreeSpace=256MiB -s3 -s3.port.iceberg=0 -s3.port.lance=0 \
     -master.port="${ports[0]}" -master.port.grpc="${ports[1]}" -volume.port="${ports[2]}" \
     -volume.port.grpc="${ports[3]}" -filer.port="${ports[4]}" -filer.port.grpc="${ports[5]}" \
     -s3.port="${ports[6]}" -s3.port.grpc="${ports[7]}" -s3.config="$dir/s3.json" >"$dir/log" 2>&1 &

@@ -71,6 +71,9 @@ impl Seaweed {
             "-master.volumeSizeLimitMB=64".into(),
             "-master.telemetry=false".into(),
             "-volume.max=0".into(),
+            // The default floor is 1 % of the disk (gigabytes on a large one), below which every
+            // volume turns read-only: a fixed floor keeps the tests apart from the disk's size.
+            "-volume.minFreeSpace=256MiB".into(),
             format!("-volume.port={volume}"),
             format!("-volume.port.grpc={volume_grpc}"),
             format!("-filer.port={filer}"),
@@ -151,8 +154,8 @@ impl Seaweed {
         self.child = Some(child);
     }
 
-    /// Waits until the S3 gateway lists the bucket.
-    /// Until the store takes writes: the S3 gateway can list before its volume server is up.
+    /// Waits until the store takes writes: the S3 gateway lists the bucket before its volume
+    /// server is up.
     fn wait_ready(&self) {
         let bucket = self.bucket("ready");
         wait_until("the store to take a write", || {
