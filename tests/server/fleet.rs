@@ -19,12 +19,11 @@ const BUCKET: &str = "iota";
 const ACCESS_KEY: &str = "iota-test";
 const SECRET_KEY: &str = "iota-test-secret";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free ports (each held until all are chosen, so none repeats).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [std::net::TcpListener; N] =
+        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|l| l.local_addr().unwrap().port())
 }
 
 /// A SeaweedFS server (master, volume, filer and S3 gateway in one process) with a bucket.
@@ -34,11 +33,40 @@ struct Seaweed {
     args: Vec<String>,
     master: String,
     filer: String,
+    /// The filer's HTTP port.
+    filer_port: u16,
     endpoint: String,
 }
 
 impl Seaweed {
+    /// A SeaweedFS with the bucket, taking writes. A start that does not come up (a port taken
+    /// between choosing it and binding it, on a machine busy with other tests) is retried on
+    /// other ports.
     fn start(test: &str) -> Seaweed {
+        const ATTEMPTS: u32 = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut weed = Seaweed::launch(test);
+            if weed.came_up() {
+                return weed;
+            }
+            let log = std::fs::read_to_string(weed.dir.join("weed.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            assert!(
+                attempt < ATTEMPTS,
+                "SeaweedFS did not come up in {ATTEMPTS} tries; its log ends:\n{}",
+                tail.join("\n")
+            );
+            eprintln!(
+                "SeaweedFS did not come up (try {attempt}); its log ends:\n{}",
+                tail.join("\n")
+            );
+        }
+        unreachable!()
+    }
+
+    /// Starts the process on fresh ports in a fresh directory.
+    fn launch(test: &str) -> Seaweed {
         let dir = std::env::temp_dir().join(format!("iota-weed-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -60,7 +88,7 @@ impl Seaweed {
             filer_grpc,
             s3,
             s3_grpc,
-        ] = std::array::from_fn(|_| free_port());
+        ] = free_ports();
         let args: Vec<String> = [
             "server".to_string(),
             format!("-dir={}", dir.display()),
@@ -93,17 +121,49 @@ impl Seaweed {
             // SeaweedFS addresses name the gRPC port after a dot.
             master: format!("127.0.0.1:{master}.{master_grpc}"),
             filer: format!("127.0.0.1:{filer}.{filer_grpc}"),
+            filer_port: filer,
             endpoint: format!("http://127.0.0.1:{s3}"),
         };
         weed.run();
-        // The bucket, through the SeaweedFS shell once the filer answers (the shell waits for
-        // ever on a master or filer not up yet, so each try is bounded).
-        wait_until("the filer to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", filer)).is_ok()
-        });
-        wait_until("the bucket to be created", || weed.create_bucket());
-        weed.wait_ready();
         weed
+    }
+
+    /// Whether it came up within a minute: the filer listening, the bucket made (through the
+    /// SeaweedFS shell, which waits for ever on a master or filer not up yet, so each try is
+    /// bounded) and a write taken (the S3 gateway lists the bucket before its volume server is
+    /// up). False as soon as the process has exited.
+    fn came_up(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let filer = self.filer_port;
+        self.poll(deadline, |_| {
+            std::net::TcpStream::connect(("127.0.0.1", filer)).is_ok()
+        }) && self.poll(deadline, |weed| weed.create_bucket())
+            && {
+                let bucket = self.bucket("ready");
+                let up = self.poll(deadline, |_| bucket.try_put("probe", b"ready"));
+                if up {
+                    bucket.delete("probe");
+                }
+                up
+            }
+    }
+
+    /// Polls `condition` until it holds (true), the deadline passes or the process exits
+    /// (false).
+    fn poll(&mut self, deadline: Instant, mut condition: impl FnMut(&Seaweed) -> bool) -> bool {
+        loop {
+            if condition(self) {
+                return true;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|child| child.try_wait().unwrap().is_some());
+            if exited || Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// One try of `s3.bucket.create` in the SeaweedFS shell, stopped after 20 s.
