@@ -50,17 +50,14 @@ impl Seaweed {
                 return weed;
             }
             let log = std::fs::read_to_string(weed.dir.join("weed.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            assert!(
-                attempt < ATTEMPTS,
-                "SeaweedFS did not come up in {ATTEMPTS} tries; its log ends:\n{}",
+            let mut tail: Vec<&str> = log.lines().rev().take(20).collect();
+            tail.reverse();
+            let said = format!(
+                "SeaweedFS did not come up (try {attempt} of {ATTEMPTS}); its log ends:\n{}",
                 tail.join("\n")
             );
-            eprintln!(
-                "SeaweedFS did not come up (try {attempt}); its log ends:\n{}",
-                tail.join("\n")
-            );
+            assert!(attempt < ATTEMPTS, "{said}");
+            eprintln!("{said}");
         }
         unreachable!()
     }
@@ -130,22 +127,25 @@ impl Seaweed {
 
     /// Whether it came up within a minute: the filer listening, the bucket made (through the
     /// SeaweedFS shell, which waits for ever on a master or filer not up yet, so each try is
-    /// bounded) and a write taken (the S3 gateway lists the bucket before its volume server is
-    /// up). False as soon as the process has exited.
+    /// bounded) and a write taken. False as soon as the process has exited.
     fn came_up(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);
         let filer = self.filer_port;
         self.poll(deadline, |_| {
             std::net::TcpStream::connect(("127.0.0.1", filer)).is_ok()
         }) && self.poll(deadline, |weed| weed.create_bucket())
-            && {
-                let bucket = self.bucket("ready");
-                let up = self.poll(deadline, |_| bucket.try_put("probe", b"ready"));
-                if up {
-                    bucket.delete("probe");
-                }
-                up
-            }
+            && self.takes_writes(deadline)
+    }
+
+    /// Whether a write is taken before `deadline`: the S3 gateway lists the bucket before its
+    /// volume server is up.
+    fn takes_writes(&mut self, deadline: Instant) -> bool {
+        let bucket = self.bucket("ready");
+        let taken = self.poll(deadline, |_| bucket.try_put("probe", b"ready"));
+        if taken {
+            bucket.delete("probe");
+        }
+        taken
     }
 
     /// Polls `condition` until it holds (true), the deadline passes or the process exits
@@ -214,16 +214,6 @@ impl Seaweed {
         self.child = Some(child);
     }
 
-    /// Waits until the store takes writes: the S3 gateway lists the bucket before its volume
-    /// server is up.
-    fn wait_ready(&self) {
-        let bucket = self.bucket("ready");
-        wait_until("the store to take a write", || {
-            bucket.try_put("probe", b"ready")
-        });
-        bucket.delete("probe");
-    }
-
     fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -240,7 +230,10 @@ impl Seaweed {
     fn restart(&mut self) {
         self.kill();
         self.run();
-        self.wait_ready();
+        assert!(
+            self.takes_writes(Instant::now() + Duration::from_secs(60)),
+            "gave up waiting for the restarted store to take a write"
+        );
     }
 
     /// The `AWS_*` environment of a server using this store.
