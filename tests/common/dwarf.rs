@@ -4,6 +4,7 @@
 
 use gimli::write::{Address, AttributeValue, DwarfUnit, EndianVec, Sections};
 use gimli::{Encoding, Format, LittleEndian};
+use wasm_encoder::Section as _;
 
 /// The name DWARF gives the first function.
 pub const DWARF_NAME: &str = "placed_in_dwarf";
@@ -55,7 +56,11 @@ pub fn module_with_dwarf(placed: bool) -> Vec<u8> {
     sections
         .for_each(|id, data| {
             if !data.slice().is_empty() {
-                append_custom_section(&mut wasm, id.name(), data.slice());
+                wasm_encoder::CustomSection {
+                    name: id.name().into(),
+                    data: data.slice().into(),
+                }
+                .append_to(&mut wasm);
             }
             Ok::<_, ()>(())
         })
@@ -80,26 +85,4 @@ fn first_function_code(wasm: &[u8]) -> (u64, u64) {
         }
     }
     panic!("no function body")
-}
-
-fn append_custom_section(wasm: &mut Vec<u8>, name: &str, data: &[u8]) {
-    let mut contents = leb128(name.len());
-    contents.extend_from_slice(name.as_bytes());
-    contents.extend_from_slice(data);
-    wasm.push(0);
-    wasm.extend(leb128(contents.len()));
-    wasm.extend(contents);
-}
-
-fn leb128(mut n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
 }
