@@ -181,6 +181,11 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_LEARN_MIN_CALLS", default_value_t = 1_000)]
     pub learn_min_calls: u64,
 
+    /// One run in this many of a learned version times its learned functions again, to check
+    /// that they stay short (0: never).
+    #[arg(long, env = "IOTA_LEARN_AUDIT_EVERY", default_value_t = 100)]
+    pub learn_audit_every: u64,
+
     /// Traces kept in memory for GET /traces.
     #[arg(long, env = "IOTA_RECENT_TRACES", default_value_t = 100)]
     pub recent_traces: usize,

@@ -1,6 +1,6 @@
 //! Learning which calls are short: after a module's first runs, functions the cost model times
 //! but whose calls proved short (many calls, a short mean) are counted instead, in a version of
-//! the module re-instrumented in the background.
+//! the module re-instrumented in the background; later runs of that version audit it.
 //!
 //! Static counting ([`iota_instrument::CallTiming`]) is exact about what it counts: functions
 //! whose every call is bounded. Real programs spend most of their calls in functions it cannot
@@ -8,15 +8,23 @@
 //! dictionary and reference-count helpers, say. Timing each of those costs two host calls and
 //! two clock reads. So the server watches the per-function totals of a module version's first
 //! runs, and once it has seen enough, re-instruments the module with the functions whose mean
-//! call was short counted too ([`iota_instrument::Timing::Learned`]). Their calls stay exactly
-//! counted; a rare long call of one of them is no longer a span of its own (its time shows in
-//! its caller's self time). Functions with long mean calls stay timed, so calls that take long
-//! because they do much work stay spans.
+//! call was short counted too ([`iota_instrument::Timing::Learned`]), unless one of their calls
+//! reached the module's minimum span duration. Their calls stay exactly counted; a rare long
+//! call of one of them is no longer a span of its own (its time shows in its caller's self
+//! time). Functions with long mean calls stay timed, so calls that take long because they do
+//! much work stay spans.
+//!
+//! What was learned is checked again: one run in [`LearnSettings::audit_every`] of a learned
+//! version switches its learned functions back to the hooks (the module's counters double as
+//! switches, [`iota_instrument::SWITCH_EXPORT_PREFIX`]), so that run times them as the first
+//! runs did. A learned function whose audited calls are no longer short on average, or that
+//! reached the module's minimum span duration in two audits, is timed again, in a version
+//! re-instrumented without it.
 
 use std::sync::Arc;
 
 use crate::registry::LoadedModule;
-use crate::trace::TraceRecord;
+use crate::trace::recorder::Aggregate;
 
 /// A version that has learned which calls to count: re-instrument it so.
 pub struct LearnRequest {
@@ -24,7 +32,7 @@ pub struct LearnRequest {
     pub name: String,
     /// The version that learned.
     pub from: Arc<LoadedModule>,
-    /// Hook ids to count from now on.
+    /// Hook ids to count from now on (the others are timed).
     pub ids: Vec<u32>,
 }
 
@@ -44,85 +52,249 @@ pub struct LearnSettings {
     pub mean_ns: u64,
     /// ... if it made at least this many calls while watched.
     pub min_calls: u64,
+    /// One run in this many of a learned version is an audit (0: none).
+    pub audit_every: u64,
 }
 
-/// What one module version's runs showed so far.
+/// What the watched or audited runs showed of one function.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    calls: u64,
+    total_ns: u64,
+    /// Runs with a call at least as long as the module's minimum span duration.
+    long_runs: u64,
+}
+
+impl Seen {
+    fn short(&self, settings: &LearnSettings) -> bool {
+        self.calls >= settings.min_calls && self.total_ns / self.calls.max(1) <= settings.mean_ns
+    }
+}
+
+/// What one module version's runs showed so far: a first version watches its runs to learn
+/// from; a learned version audits some of its runs.
 #[derive(Debug)]
 pub struct Learning {
     settings: LearnSettings,
+    /// For a learned version: the hook ids it counts because an earlier version learned so.
+    learned: Option<Vec<u32>>,
+    /// Runs observed (watched, or audited).
     runs: u64,
+    /// Runs started, for a learned version (which of them are audits).
+    started: u64,
     timed_calls: u64,
-    /// Per hook id: calls and total nanoseconds while watched.
-    totals: Vec<(u64, u64)>,
+    /// Per hook id.
+    seen: Vec<Seen>,
     done: bool,
-    /// Learning found functions to count (and asked for a re-instrumented version).
+    /// Learning found functions to count, or to time again (and asked for a re-instrumented
+    /// version).
     taught: bool,
 }
 
 impl Learning {
-    /// Watches a version.
+    /// Watches a first version.
     pub fn new(settings: LearnSettings) -> Self {
+        Self::with(settings, None)
+    }
+
+    /// Audits a version that counts the functions `learned` because an earlier one learned so.
+    pub fn auditing(settings: LearnSettings, learned: Vec<u32>) -> Self {
+        Self::with(settings, Some(learned))
+    }
+
+    fn with(settings: LearnSettings, learned: Option<Vec<u32>>) -> Self {
         Learning {
             settings,
+            learned,
             runs: 0,
+            started: 0,
             timed_calls: 0,
-            totals: Vec::new(),
+            seen: Vec::new(),
             done: false,
             taught: false,
         }
     }
 
     /// Where learning stands: `watching` runs, `re-instrumenting` with what they taught, or
-    /// `nothing to learn`.
+    /// `nothing to learn`; for a learned version, `auditing`.
     pub fn state(&self) -> &'static str {
-        match (self.done, self.taught) {
-            (false, _) => "watching",
-            (true, true) => "re-instrumenting",
-            (true, false) => "nothing to learn",
+        match (self.done, self.taught, &self.learned) {
+            (false, _, None) => "watching",
+            (false, _, Some(_)) => "auditing",
+            (true, true, _) => "re-instrumenting",
+            (true, false, _) => "nothing to learn",
         }
     }
 
-    /// Adds a run's totals; once enough is seen (and only once), the hook ids to count from
-    /// now on.
-    pub fn observe(&mut self, trace: &TraceRecord) -> Option<Vec<u32>> {
-        if self.done {
+    /// Whether the run about to start is an audit (for a learned version, one run in
+    /// [`LearnSettings::audit_every`]).
+    pub fn audits_next_run(&mut self) -> bool {
+        if self.learned.is_none() || self.done || self.settings.audit_every == 0 {
+            return false;
+        }
+        self.started += 1;
+        self.started.is_multiple_of(self.settings.audit_every)
+    }
+
+    /// Adds a finished run's totals of the module's functions it timed (`audited`: its learned
+    /// functions were timed too; calls from `min_span_ns` on are spans, 0: every call). Once
+    /// enough is seen, and only once, the hook ids to count from now on.
+    pub fn observe(
+        &mut self,
+        timed: impl IntoIterator<Item = (u32, Aggregate)>,
+        audited: bool,
+        min_span_ns: u64,
+    ) -> Option<Vec<u32>> {
+        if self.done || (self.learned.is_some() && !audited) {
             return None;
         }
         self.runs += 1;
-        let functions = trace.names().functions() as usize;
-        for (id, aggregate) in trace.function_totals() {
-            // The module's own timed functions (not host calls or manual spans).
-            if id as usize >= functions || trace.is_counted(id) {
-                continue;
+        for (id, aggregate) in timed {
+            if self.seen.len() <= id as usize {
+                self.seen.resize(id as usize + 1, Seen::default());
             }
-            if self.totals.len() <= id as usize {
-                self.totals.resize(id as usize + 1, (0, 0));
-            }
-            let total = &mut self.totals[id as usize];
-            total.0 += aggregate.calls;
-            total.1 += aggregate.total_ns;
+            let seen = &mut self.seen[id as usize];
+            seen.calls += aggregate.calls;
+            seen.total_ns += aggregate.total_ns;
+            seen.long_runs += u64::from(min_span_ns > 0 && aggregate.max_ns >= min_span_ns);
             self.timed_calls += aggregate.calls;
         }
-        if self.runs < self.settings.after_runs || self.timed_calls < self.settings.after_calls {
-            return None;
-        }
+        let seen = |id: u32| self.seen.get(id as usize).copied().unwrap_or_default();
+        let counted = match &self.learned {
+            None => {
+                if self.runs < self.settings.after_runs
+                    || self.timed_calls < self.settings.after_calls
+                {
+                    return None;
+                }
+                (0..self.seen.len() as u32)
+                    .filter(|&id| seen(id).short(&self.settings) && seen(id).long_runs == 0)
+                    .collect::<Vec<_>>()
+            }
+            Some(learned) => {
+                let still_short = |id: u32| {
+                    let seen = seen(id);
+                    let mean_grew =
+                        seen.calls >= self.settings.min_calls && !seen.short(&self.settings);
+                    !mean_grew && seen.long_runs < 2
+                };
+                let kept: Vec<u32> = learned
+                    .iter()
+                    .copied()
+                    .filter(|&id| still_short(id))
+                    .collect();
+                if kept.len() == learned.len() {
+                    return None;
+                }
+                kept
+            }
+        };
         self.done = true;
-        let learned: Vec<u32> = self
-            .totals
-            .iter()
-            .enumerate()
-            .filter(|(_, (calls, total))| {
-                *calls >= self.settings.min_calls && total / calls.max(&1) <= self.settings.mean_ns
-            })
-            .map(|(id, _)| id as u32)
-            .collect();
-        self.taught = !learned.is_empty();
-        self.taught.then_some(learned)
+        // A first version with nothing short has nothing to teach; a learned one that
+        // revoked everything does (its next version times them all).
+        self.taught = !counted.is_empty() || self.learned.is_some();
+        self.taught.then_some(counted)
     }
 
     /// Forgets that learning was done, so a later run can ask again (the attempt failed).
     pub fn retry(&mut self) {
         self.done = false;
         self.taught = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: LearnSettings = LearnSettings {
+        enabled: true,
+        after_runs: 2,
+        after_calls: 100,
+        mean_ns: 1_000,
+        min_calls: 10,
+        audit_every: 3,
+    };
+
+    /// A run's totals: per id, calls, mean and longest call in nanoseconds.
+    fn run(functions: &[(u32, u64, u64, u64)]) -> Vec<(u32, Aggregate)> {
+        functions
+            .iter()
+            .map(|&(id, calls, mean_ns, max_ns)| {
+                let aggregate = Aggregate {
+                    calls,
+                    total_ns: calls * mean_ns,
+                    self_ns: calls * mean_ns,
+                    max_ns,
+                };
+                (id, aggregate)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn learns_short_functions_once_enough_is_seen() {
+        let mut learning = Learning::new(SETTINGS);
+        let runs = run(&[(1, 100, 50, 200), (2, 100, 50_000, 90_000), (3, 4, 10, 10)]);
+        assert_eq!(learning.observe(runs.clone(), false, 0), None, "one run");
+        assert_eq!(learning.state(), "watching");
+        // 2 is long on average; 3 made too few calls to tell.
+        assert_eq!(learning.observe(runs, false, 0), Some(vec![1]));
+        assert_eq!(learning.state(), "re-instrumenting");
+        assert_eq!(learning.observe(run(&[(1, 100, 50, 50)]), false, 0), None);
+    }
+
+    #[test]
+    fn a_call_as_long_as_the_minimum_span_is_never_learned() {
+        let mut learning = Learning::new(SETTINGS);
+        learning.observe(run(&[(1, 100, 50, 60), (2, 100, 50, 60)]), false, 10_000);
+        let second = run(&[(1, 100, 50, 60), (2, 100, 50, 10_000)]);
+        assert_eq!(learning.observe(second, false, 10_000), Some(vec![1]));
+    }
+
+    #[test]
+    fn one_run_in_audit_every_is_an_audit() {
+        let mut learning = Learning::auditing(SETTINGS, vec![1]);
+        let audits: Vec<bool> = (0..7).map(|_| learning.audits_next_run()).collect();
+        assert_eq!(audits, [false, false, true, false, false, true, false]);
+        assert!(
+            !Learning::new(SETTINGS).audits_next_run(),
+            "a first version"
+        );
+        let never = LearnSettings {
+            audit_every: 0,
+            ..SETTINGS
+        };
+        assert!(!Learning::auditing(never, vec![1]).audits_next_run());
+    }
+
+    #[test]
+    fn audits_time_again_what_grew_long() {
+        let mut learning = Learning::auditing(SETTINGS, vec![1, 2, 3]);
+        assert_eq!(learning.state(), "auditing");
+        // Runs that are no audit teach nothing, whatever they show.
+        let grown = run(&[(1, 100, 50, 60), (2, 100, 50_000, 60_000), (3, 10, 50, 60)]);
+        assert_eq!(learning.observe(grown.clone(), false, 0), None);
+        // 2's mean grew past the threshold: it is timed again; the others stay counted.
+        assert_eq!(learning.observe(grown, true, 0), Some(vec![1, 3]));
+        assert_eq!(learning.state(), "re-instrumenting");
+    }
+
+    #[test]
+    fn audits_time_again_what_reached_the_minimum_span_twice() {
+        let mut learning = Learning::auditing(SETTINGS, vec![1, 2]);
+        let once_long = run(&[(1, 100, 50, 60), (2, 100, 50, 20_000)]);
+        // Once could be the machine (a preempted call).
+        assert_eq!(learning.observe(once_long.clone(), true, 10_000), None);
+        assert_eq!(learning.observe(once_long, true, 10_000), Some(vec![1]));
+    }
+
+    #[test]
+    fn revoking_every_learned_function_still_asks_for_a_version() {
+        let mut learning = Learning::auditing(SETTINGS, vec![2]);
+        let grown = run(&[(2, 100, 50_000, 60_000)]);
+        assert_eq!(learning.observe(grown, true, 0), Some(vec![]));
+        learning.retry();
+        assert_eq!(learning.state(), "auditing");
     }
 }

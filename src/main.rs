@@ -84,6 +84,7 @@ fn serve(config: ServeConfig) -> Result<()> {
         after_calls: config.learn_after_calls,
         mean_ns: config.learn_mean_ns,
         min_calls: config.learn_min_calls,
+        audit_every: config.learn_audit_every,
     };
     let instance = config.instance_id();
     let request_timeout = Duration::from_millis(config.store_timeout_ms);

@@ -187,6 +187,8 @@ async fn execute(
         }
     };
     let module = &job.module;
+    let switched = module.switches_for_next_run();
+    let min_span_ns = job.volume.min_span_us.saturating_mul(1000);
     let outcome = runtime
         .run(
             Invocation {
@@ -198,8 +200,9 @@ async fn execute(
                 functions: module.names.len(),
                 host_spans: module.host_spans,
                 record_calls: job.trace.sampled,
-                counters: &module.counters,
-                min_span_ns: job.volume.min_span_us.saturating_mul(1000),
+                counters: &module.counters.counted,
+                switched,
+                min_span_ns,
                 http,
                 outgoing_http: &module.info.outgoing_http,
             },
@@ -243,7 +246,7 @@ async fn execute(
         &outcome.recorder,
     ));
     drop(outcome.recorder);
-    if let Some(ids) = module.observe(&trace)
+    if let Some(ids) = module.observe(&trace, !switched.is_empty(), min_span_ns)
         && let Some(learner) = &job.learner
     {
         let _ = learner.send(LearnRequest {

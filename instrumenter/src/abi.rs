@@ -23,6 +23,12 @@ pub const LEGACY_MEMORY_GROW: &str = "instrument_memory_grow";
 /// number of calls.
 pub const COUNTER_EXPORT_PREFIX: &str = "iota.count.";
 
+/// Exported by the rewrite, besides [`COUNTER_EXPORT_PREFIX`], for each function counted only
+/// because the host asked ([`Timing::Learned`](crate::Timing::Learned)): the same global, under
+/// this prefix and the hook id. Set negative before a run, it switches the function back to
+/// calling the enter and exit hooks for that run (its counter then stays as set).
+pub const SWITCH_EXPORT_PREFIX: &str = "iota.switch.";
+
 /// Custom section that marks a module rewritten by this crate.
 pub const MARKER_SECTION: &str = "iota.instrumented";
 

@@ -53,6 +53,9 @@ pub(crate) struct BodyPlan {
     pub guess: Option<Wrapper>,
     /// For a counted function (not traced): the global that counts its calls.
     pub counter: Option<u32>,
+    /// For a counted function: whether its counter also switches it to calling the hooks, while
+    /// the host has set the counter negative (a learned function, audited).
+    pub switchable: bool,
 }
 
 /// What a body does that decides whether an exception can unwind it, or leave a call to it.
@@ -89,11 +92,13 @@ pub(crate) struct Rewritten {
     locals_end: usize,
     /// The code between the wrapper's opening and closing.
     middle: Range<usize>,
-    /// The wrapper in `bytes`; `None` for an untraced function.
+    /// The wrapper in `bytes`; `None` for a function that never calls the hooks.
     pub wrapper: Option<Wrapper>,
     pub facts: BodyFacts,
     id: u32,
     block_type: BlockType,
+    /// The counter that switches the hooks on, for a switchable function.
+    switch: Option<u32>,
 }
 
 impl Rewritten {
@@ -103,7 +108,8 @@ impl Rewritten {
         let mut out = Vec::with_capacity(self.bytes.len() + 16);
         out.extend_from_slice(&self.bytes[..self.locals_end]);
         let middle = self.middle.clone();
-        let start = wrap(rw, self.id, self.block_type, wrapper, &mut out, |out| {
+        let hooks = Hooks::new(rw, self.id, self.switch);
+        let start = wrap(&hooks, self.block_type, wrapper, &mut out, |out| {
             out.extend_from_slice(&self.bytes[middle.clone()]);
         });
         self.middle = start..start + middle.len();
@@ -133,7 +139,11 @@ pub(crate) fn rewrite(
     let scratch32 = declared;
     let scratch64 = declared + 1;
 
-    let exit = hook_call(plan.id, rw.hook_index(1));
+    // A switchable function calls the hooks only while the host has switched them on.
+    let switch = plan.counter.filter(|_| plan.switchable);
+    let hooked = plan.traced || switch.is_some();
+    let hooks = Hooks::new(rw, plan.id, switch);
+    let exit = &hooks.exit;
     let body_len = (body.range().end - body.range().start) as usize;
     let mut code = Vec::with_capacity(body_len + 16);
     let mut facts = BodyFacts::default();
@@ -214,8 +224,8 @@ pub(crate) fn rewrite(
                     None => facts.tail_throws |= rw.facts.import_may_throw(function_index),
                 }
                 flush(&mut code);
-                if plan.traced {
-                    code.extend_from_slice(&exit);
+                if hooked {
+                    code.extend_from_slice(exit);
                 }
                 Instruction::ReturnCall(rw.output_function_index(function_index)).encode(&mut code);
                 copied_to = ops.original_position() as usize;
@@ -224,9 +234,9 @@ pub(crate) fn rewrite(
             | Operator::ReturnCallIndirect { .. }
             | Operator::ReturnCallRef { .. } => {
                 facts.tail_throws |= !matches!(op, Operator::Return);
-                if plan.traced {
+                if hooked {
                     flush(&mut code);
-                    code.extend_from_slice(&exit);
+                    code.extend_from_slice(exit);
                     copied_to = at;
                 }
             }
@@ -275,22 +285,19 @@ pub(crate) fn rewrite(
         ty.encode(&mut out);
     }
     let locals_end = out.len();
-    let (wrapper, middle) = if plan.traced {
+    let (wrapper, middle) = if hooked {
         let wrapper = match plan.guess {
             Some(_) if facts.legacy => Wrapper::Legacy,
             Some(style) if facts.unwinds || !facts.callees.is_empty() => style,
             _ => Wrapper::Block,
         };
-        let start = wrap(rw, plan.id, plan.block_type, wrapper, &mut out, |out| {
+        let start = wrap(&hooks, plan.block_type, wrapper, &mut out, |out| {
             out.extend_from_slice(&code)
         });
         (Some(wrapper), start..start + code.len())
     } else {
         if let Some(counter) = plan.counter {
-            Instruction::GlobalGet(counter).encode(&mut out);
-            Instruction::I64Const(1).encode(&mut out);
-            Instruction::I64Add.encode(&mut out);
-            Instruction::GlobalSet(counter).encode(&mut out);
+            count_call(counter, &mut out);
         }
         let start = out.len();
         out.extend_from_slice(&code);
@@ -305,21 +312,72 @@ pub(crate) fn rewrite(
         facts,
         id: plan.id,
         block_type: plan.block_type,
+        switch,
     })
+}
+
+/// The code that reports a call's entry and its exits.
+struct Hooks {
+    enter: Vec<u8>,
+    exit: Vec<u8>,
+}
+
+impl Hooks {
+    /// `i32.const id; call enter` and `... call exit`; behind `switch` (a counter global), the
+    /// entry counts the call while the counter is at least zero and calls `enter` otherwise,
+    /// and the exits call `exit` only while it is negative. Only the host changes the sign, so a
+    /// call's entry and its exits agree.
+    fn new(rw: &Rewriter<'_, '_>, id: u32, switch: Option<u32>) -> Self {
+        let enter = hook_call(id, rw.hook_index(0));
+        let exit = hook_call(id, rw.hook_index(1));
+        let Some(counter) = switch else {
+            return Hooks { enter, exit };
+        };
+        let mut guarded_enter = Vec::with_capacity(enter.len() + 24);
+        switched_on(counter, &mut guarded_enter);
+        Instruction::If(BlockType::Empty).encode(&mut guarded_enter);
+        guarded_enter.extend_from_slice(&enter);
+        Instruction::Else.encode(&mut guarded_enter);
+        count_call(counter, &mut guarded_enter);
+        Instruction::End.encode(&mut guarded_enter);
+        let mut guarded_exit = Vec::with_capacity(exit.len() + 12);
+        switched_on(counter, &mut guarded_exit);
+        Instruction::If(BlockType::Empty).encode(&mut guarded_exit);
+        guarded_exit.extend_from_slice(&exit);
+        Instruction::End.encode(&mut guarded_exit);
+        Hooks {
+            enter: guarded_enter,
+            exit: guarded_exit,
+        }
+    }
+}
+
+/// `counter += 1`.
+fn count_call(counter: u32, out: &mut Vec<u8>) {
+    Instruction::GlobalGet(counter).encode(out);
+    Instruction::I64Const(1).encode(out);
+    Instruction::I64Add.encode(out);
+    Instruction::GlobalSet(counter).encode(out);
+}
+
+/// Pushes whether the host switched `counter`'s function to the hooks (`counter < 0`).
+fn switched_on(counter: u32, out: &mut Vec<u8>) {
+    Instruction::GlobalGet(counter).encode(out);
+    Instruction::I64Const(0).encode(out);
+    Instruction::I64LtS.encode(out);
 }
 
 /// Emits `enter`, the wrapper's opening, the code `middle` writes, the wrapper's closing,
 /// `exit` and the function's `end`. Returns where the middle starts in `out`.
 fn wrap(
-    rw: &Rewriter<'_, '_>,
-    id: u32,
+    hooks: &Hooks,
     block_type: BlockType,
     wrapper: Wrapper,
     out: &mut Vec<u8>,
     middle: impl FnOnce(&mut Vec<u8>),
 ) -> usize {
-    let exit = hook_call(id, rw.hook_index(1));
-    out.extend_from_slice(&hook_call(id, rw.hook_index(0)));
+    let exit = &hooks.exit;
+    out.extend_from_slice(&hooks.enter);
     match wrapper {
         Wrapper::Block => Instruction::Block(block_type).encode(out),
         Wrapper::Standard => {
@@ -338,18 +396,18 @@ fn wrap(
             Instruction::End.encode(out); // try_table
             Instruction::Br(1).encode(out);
             Instruction::End.encode(out); // handler block: the exnref is on the stack
-            out.extend_from_slice(&exit);
+            out.extend_from_slice(exit);
             Instruction::ThrowRef.encode(out);
             Instruction::End.encode(out);
         }
         Wrapper::Legacy => {
             Instruction::CatchAll.encode(out);
-            out.extend_from_slice(&exit);
+            out.extend_from_slice(exit);
             Instruction::Rethrow(0).encode(out);
             Instruction::End.encode(out);
         }
     }
-    out.extend_from_slice(&exit);
+    out.extend_from_slice(exit);
     Instruction::End.encode(out);
     start
 }

@@ -45,7 +45,7 @@ mod unwind;
 
 pub use abi::{
     COUNTER_EXPORT_PREFIX, ENTER, EXIT, HOOK_MODULE, LEGACY_ENTER, LEGACY_EXIT, LEGACY_HOOK_MODULE,
-    LEGACY_MEMORY_GROW, MARKER_SECTION, MEMORY_GROW, is_trace_hook,
+    LEGACY_MEMORY_GROW, MARKER_SECTION, MEMORY_GROW, SWITCH_EXPORT_PREFIX, is_trace_hook,
 };
 pub use component::{component_features, is_component};
 pub use cost::{TimedBecause, Timing};
@@ -179,7 +179,8 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
     };
     let counted: Vec<bool> = timing.iter().map(|t| t.is_counted()).collect();
     if counted.contains(&true) {
-        rewriter.count_calls(&counted);
+        let switchable: Vec<bool> = timing.iter().map(|t| *t == Timing::Learned).collect();
+        rewriter.count_calls(&counted, &switchable);
         bodies::recount_bodies(&rewriter, &facts.bodies, &counted, &mut rewritten)?;
     }
     rewriter.set_bodies(rewritten);

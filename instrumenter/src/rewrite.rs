@@ -38,6 +38,11 @@ pub(crate) struct Rewriter<'a, 'f> {
     counters: Vec<Option<u32>>,
     /// Hook ids of the counted functions, in the order of their globals.
     counted_ids: Vec<u32>,
+    /// Per defined function: whether its counter also switches it to the hooks (see
+    /// [`abi::SWITCH_EXPORT_PREFIX`]).
+    switchable: Vec<bool>,
+    /// Per counted function, in the order of their globals: whether it is switchable.
+    switchable_ids: Vec<bool>,
     globals_written: bool,
     exports_written: bool,
     /// Added to every id passed to the hooks (see `Options::id_base`).
@@ -86,6 +91,8 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             added_labels: Vec::new(),
             counters: Vec::new(),
             counted_ids: Vec::new(),
+            switchable: Vec::new(),
+            switchable_ids: Vec::new(),
             globals_written: false,
             exports_written: false,
             id_base: 0,
@@ -181,8 +188,10 @@ impl<'a, 'f> Rewriter<'a, 'f> {
 
     /// Counts the calls of the defined functions `counted` flags instead of tracing them: each
     /// gets a global, appended after the module's own and exported as
-    /// [`abi::COUNTER_EXPORT_PREFIX`] followed by its hook id.
-    pub(crate) fn count_calls(&mut self, counted: &[bool]) {
+    /// [`abi::COUNTER_EXPORT_PREFIX`] followed by its hook id. Those `switchable` flags are
+    /// also exported as [`abi::SWITCH_EXPORT_PREFIX`] and their id: the host can switch them
+    /// back to the hooks for a run.
+    pub(crate) fn count_calls(&mut self, counted: &[bool], switchable: &[bool]) {
         let mut next = self.facts.globals;
         self.counters = counted
             .iter()
@@ -191,11 +200,13 @@ impl<'a, 'f> Rewriter<'a, 'f> {
                 counted.then(|| {
                     self.counted_ids
                         .push(self.output_function_index(self.facts.imported_funcs + slot as u32));
+                    self.switchable_ids.push(switchable[slot]);
                     next += 1;
                     next - 1
                 })
             })
             .collect();
+        self.switchable = switchable.to_vec();
     }
 
     fn write_counter_globals(&mut self, globals: &mut wasm_encoder::GlobalSection) {
@@ -215,11 +226,19 @@ impl<'a, 'f> Rewriter<'a, 'f> {
     fn write_counter_exports(&mut self, exports: &mut wasm_encoder::ExportSection) {
         let first = self.facts.globals;
         for (k, id) in self.counted_ids.iter().enumerate() {
+            let global = first + k as u32;
             exports.export(
                 &format!("{}{id}", abi::COUNTER_EXPORT_PREFIX),
                 wasm_encoder::ExportKind::Global,
-                first + k as u32,
+                global,
             );
+            if self.switchable_ids[k] {
+                exports.export(
+                    &format!("{}{id}", abi::SWITCH_EXPORT_PREFIX),
+                    wasm_encoder::ExportKind::Global,
+                    global,
+                );
+            }
         }
         self.exports_written = true;
     }
@@ -240,6 +259,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             block_type: self.wrapper_block_types[ty],
             guess: self.wrapper_guess(),
             counter,
+            switchable: self.switchable.get(slot).copied().unwrap_or(false),
         }
     }
 }

@@ -29,9 +29,9 @@ use wasmtime::ModuleExport;
 
 use crate::compile::{Admission, CompileError, Compiled, Compiler, Stage};
 use crate::learning::{LearnSettings, Learning};
-use crate::runtime::Runtime;
 use crate::runtime::component::{Kind, Prepared as Linked, Program, component_entry};
 use crate::runtime::entry::EntryPoints;
+use crate::runtime::{Counters, Runtime};
 use crate::store::cache::Cache;
 use crate::store::collect::Policy;
 use crate::store::local::write_atomic;
@@ -156,8 +156,8 @@ pub struct LoadedModule {
     pub locations: Arc<[Option<SourceLocation>]>,
     /// Its WASI calls are timed as host calls (the module asks for it and the server allows).
     pub host_spans: bool,
-    /// The counters of its counted functions.
-    pub counters: Vec<(u32, ModuleExport)>,
+    /// The counters of its counted functions, and the switches of its learned ones.
+    pub counters: Counters,
     /// A run of it has started in this process (the next is no cold start).
     pub warm: AtomicBool,
     /// What its runs showed, while it is learning which calls are short.
@@ -166,8 +166,8 @@ pub struct LoadedModule {
 
 impl LoadedModule {
     /// Where learning which calls are short stands for this version (see
-    /// [`Learning::state`]): `learned` for a version made from what its predecessor learned,
-    /// `off` where it does not learn.
+    /// [`Learning::state`]): `learned` for a version made from what its predecessor learned
+    /// that does not audit, `off` where it does not learn.
     pub fn learning_state(&self) -> &'static str {
         match &self.learning {
             Some(learning) => lock(learning).state(),
@@ -176,10 +176,30 @@ impl LoadedModule {
         }
     }
 
-    /// Adds a finished run to what the version learns; the hook ids to count from now on,
-    /// once (see [`crate::learning`]).
-    pub fn observe(&self, trace: &crate::trace::TraceRecord) -> Option<Vec<u32>> {
-        lock(self.learning.as_ref()?).observe(trace)
+    /// The switches to turn on for the run about to start: all of them for an audit, none
+    /// otherwise (see [`crate::learning`]).
+    pub fn switches_for_next_run(&self) -> &[(u32, ModuleExport)] {
+        match &self.learning {
+            Some(learning) if lock(learning).audits_next_run() => &self.counters.switches,
+            _ => &[],
+        }
+    }
+
+    /// Adds a finished run (`audited`: its learned functions were switched to the hooks) to
+    /// what the version learns; the hook ids to count from now on, once (see
+    /// [`crate::learning`]).
+    pub fn observe(
+        &self,
+        trace: &crate::trace::TraceRecord,
+        audited: bool,
+        min_span_ns: u64,
+    ) -> Option<Vec<u32>> {
+        let functions = trace.names().functions();
+        // The module's own timed functions (not host calls or manual spans).
+        let timed = trace
+            .function_totals()
+            .filter(|&(id, _)| id < functions && !trace.is_counted(id));
+        lock(self.learning.as_ref()?).observe(timed, audited, min_span_ns)
     }
 }
 
@@ -187,7 +207,7 @@ impl LoadedModule {
 struct Link {
     pre: Linked,
     entry: EntryPoints,
-    counters: Vec<(u32, ModuleExport)>,
+    counters: Counters,
 }
 
 /// Where a version being installed comes from.
@@ -671,7 +691,7 @@ impl Registry {
                                 .prepare_component(component, trap_unknown_imports)?,
                         ),
                         entry,
-                        counters: Vec::new(),
+                        counters: Counters::default(),
                     }),
                     Err(message) => Err(message),
                 }
@@ -848,7 +868,7 @@ impl Registry {
         )?;
         Ok(Prepared {
             module: LoadedModule {
-                learning: self.learning_for(&info),
+                learning: self.learning_for(&info, &counters),
                 info,
                 pre,
                 names,
@@ -996,14 +1016,26 @@ impl Registry {
         )))
     }
 
-    /// The learning state of a new version, if it learns (see [`crate::learning`]).
-    fn learning_for(&self, info: &ModuleInfo) -> Option<Mutex<Learning>> {
+    /// The learning state of a new version, if it learns or audits what it learned (see
+    /// [`crate::learning`]).
+    pub(crate) fn learning_for(
+        &self,
+        info: &ModuleInfo,
+        counters: &Counters,
+    ) -> Option<Mutex<Learning>> {
         let learns = self.learn.enabled
             && info.learn
-            && info.generation == 0
             && info.timing == "counted"
             && info.tracing == Tracing::Iota;
-        learns.then(|| Mutex::new(Learning::new(self.learn)))
+        if !learns {
+            return None;
+        }
+        if info.generation == 0 {
+            return Some(Mutex::new(Learning::new(self.learn)));
+        }
+        let learned: Vec<u32> = counters.switches.iter().map(|(id, _)| *id).collect();
+        let audits = self.learn.audit_every > 0 && !learned.is_empty();
+        audits.then(|| Mutex::new(Learning::auditing(self.learn, learned)))
     }
 
     /// Re-instruments `name`'s version `from` with the functions `ids` counted, and makes it
@@ -1048,7 +1080,8 @@ impl Registry {
                 tracing::info!(
                     module = name,
                     learned = ids.len(),
-                    "counting short calls learned from runs"
+                    generation = from.info.generation + 1,
+                    "re-instrumented with the short calls its runs showed counted"
                 );
                 self.collect_garbage().await;
             }

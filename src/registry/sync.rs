@@ -188,7 +188,7 @@ impl Registry {
             .map_err(anyhow::Error::msg)?;
         info.entry = entry;
         Ok(LoadedModule {
-            learning: self.learning_for(&info),
+            learning: self.learning_for(&info, &counters),
             info,
             pre,
             names,

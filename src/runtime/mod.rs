@@ -22,7 +22,7 @@ use bytes::Bytes;
 use iota_instrument as abi;
 use wasmtime::{
     Caller, Config, Enabled, Engine, Extern, Instance, InstanceAllocationStrategy, InstancePre,
-    Linker, Module, ModuleExport, PoolingAllocationConfig, Store, Trap, WasmBacktrace,
+    Linker, Module, ModuleExport, PoolingAllocationConfig, Store, Trap, Val, WasmBacktrace,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::AsyncStdinStream;
@@ -115,12 +115,25 @@ pub struct Invocation<'a> {
     pub record_calls: bool,
     /// The module's call counters (functions counted, not timed), by hook id.
     pub counters: &'a [(u32, ModuleExport)],
+    /// Switches of learned functions to time in this run, as when first watched (an audit;
+    /// see [`crate::learning`]).
+    pub switched: &'a [(u32, ModuleExport)],
     /// Calls shorter than this count in the aggregates only.
     pub min_span_ns: u64,
     /// For an HTTP handler: the request.
     pub http: Option<axum::http::Request<http::LimitedBody>>,
     /// Authorities the guest may send HTTP requests to (components only).
     pub outgoing_http: &'a [String],
+}
+
+/// A module's call counters, by hook id.
+#[derive(Default)]
+pub struct Counters {
+    /// Every counted function's counter.
+    pub counted: Vec<(u32, ModuleExport)>,
+    /// The same globals, for the functions counted only because runs showed their calls short
+    /// ([`iota_instrument::Timing::Learned`]): set negative, they time the function again.
+    pub switches: Vec<(u32, ModuleExport)>,
 }
 
 /// The result of one run.
@@ -239,20 +252,21 @@ impl Runtime {
         self.limits.host_spans
     }
 
-    /// The counters of `module`'s counted functions: hook id and export, for
-    /// [`Invocation::counters`].
-    pub fn counters(module: &Module) -> Vec<(u32, ModuleExport)> {
-        module
-            .exports()
-            .filter_map(|export| {
-                let id = export
-                    .name()
-                    .strip_prefix(abi::COUNTER_EXPORT_PREFIX)?
-                    .parse()
-                    .ok()?;
-                Some((id, module.get_export_index(export.name())?))
-            })
-            .collect()
+    /// The counters of `module`'s counted functions, and the switches of its learned ones.
+    pub fn counters(module: &Module) -> Counters {
+        let by_prefix = |prefix: &str| -> Vec<(u32, ModuleExport)> {
+            module
+                .exports()
+                .filter_map(|export| {
+                    let id = export.name().strip_prefix(prefix)?.parse().ok()?;
+                    Some((id, module.get_export_index(export.name())?))
+                })
+                .collect()
+        };
+        Counters {
+            counted: by_prefix(abi::COUNTER_EXPORT_PREFIX),
+            switches: by_prefix(abi::SWITCH_EXPORT_PREFIX),
+        }
     }
 
     /// Links `module` once for all its runs: with every WASI call timed as a host call when
@@ -357,7 +371,13 @@ impl Runtime {
         store.data_mut().recorder.start();
         let mut instance = None;
         let ending = {
-            let guest = call(&mut store, pre, invocation.call, &mut instance);
+            let guest = call(
+                &mut store,
+                pre,
+                invocation.call,
+                invocation.switched,
+                &mut instance,
+            );
             tokio::select! {
                 result = guest => result,
                 () = tokio::time::sleep(self.limits.timeout) => Ending::Timeout,
@@ -406,12 +426,31 @@ fn read_counters(
     }
 }
 
-/// Instantiates the module and calls what the run asked for; the instance, once made, is left
-/// in `made` (for its counters, however the call ends).
+/// Switches the learned functions `switches` name back to the enter and exit hooks for this
+/// run. A function that was already counted (by the module's start function) stays counted,
+/// so its count stays exact.
+fn switch_to_hooks(
+    store: &mut Store<RunState>,
+    instance: Instance,
+    switches: &[(u32, ModuleExport)],
+) {
+    for (_, export) in switches {
+        if let Some(Extern::Global(global)) = instance.get_module_export(&mut *store, export)
+            && global.get(&mut *store).i64() == Some(0)
+        {
+            // A mutable i64 of this store: setting it cannot fail.
+            let _ = global.set(&mut *store, Val::I64(-1));
+        }
+    }
+}
+
+/// Instantiates the module, switches `switched` to the hooks and calls what the run asked
+/// for; the instance, once made, is left in `made` (for its counters, however the call ends).
 async fn call(
     store: &mut Store<RunState>,
     pre: &InstancePre<RunState>,
     call: &Call,
+    switched: &[(u32, ModuleExport)],
     made: &mut Option<Instance>,
 ) -> Ending {
     let instance = match pre.instantiate_async(&mut *store).await {
@@ -419,6 +458,7 @@ async fn call(
         Err(error) => return instantiation_ending(error),
     };
     *made = Some(instance);
+    switch_to_hooks(store, instance, switched);
     let result = async {
         match call {
             Call::Start => {

@@ -205,3 +205,80 @@ fn handler_cost_per_call() {
         (with.as_secs_f64() / without.as_secs_f64() - 1.0) * 100.0
     );
 }
+
+/// Functions the cost model times (a loop, an import call), each counted instead when asked:
+/// `$spin` returns from inside its loop, `$tail` tail-calls it, `$unwound` is unwound by an
+/// exception from its import. `$leaf` is provably short: counted by the cost model.
+const SWITCHED: &str = r#"(module
+  (import "thrower" "throw" (func $throw (param i32)))
+  (import "thrower" "table" (table 1 funcref))
+  (func $spin (param $n i32) (result i32)
+    (loop $l
+      (if (i32.eqz (local.get $n)) (then (return (i32.const 7))))
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br $l))
+    (i32.const 0))
+  (func $tail (param $n i32) (result i32) (loop $l) (return_call $spin (local.get $n)))
+  (func $unwound (param $n i32) (loop $l) (call $throw (local.get $n)))
+  (func $leaf (result i32) (i32.const 1))
+  (func (export "run") (result i32) (drop (call $leaf)) (call $tail (i32.const 3)))
+  (func (export "throws") (call $unwound (i32.const 1))))"#;
+
+#[test]
+fn switchable_functions_count_until_switched_then_exit_every_frame() {
+    let engine = Engine::new(&config()).unwrap();
+    let plain = instrument(&wat::parse_str(SWITCHED).unwrap(), &Options::new()).unwrap();
+    let id = |name: &str| plain.functions.iter().find(|f| f.name == name).unwrap().id;
+    let learned = [id("spin"), id("tail"), id("unwound")];
+    let out = instrument(
+        &wat::parse_str(SWITCHED).unwrap(),
+        Options::new().count_also(learned),
+    )
+    .unwrap();
+    for f in &out.functions {
+        let expected = learned.contains(&f.id);
+        assert_eq!(
+            f.timing == iota_instrument::Timing::Learned,
+            expected,
+            "{f:?}"
+        );
+    }
+    let mut run = instantiate(&engine, &out.wasm);
+    let global = |run: &mut Run, prefix: &str, id: u32| {
+        run.instance
+            .get_global(&mut run.store, &format!("{prefix}{id}"))
+            .unwrap_or_else(|| panic!("{prefix}{id} is exported"))
+    };
+    let count = |run: &mut Run, id: u32| {
+        let counter = global(run, iota_instrument::COUNTER_EXPORT_PREFIX, id);
+        counter.get(&mut run.store).unwrap_i64()
+    };
+
+    // Counted: only the exported functions call the hooks.
+    let (threw, events) = run.call("run");
+    assert!(!threw);
+    assert_eq!(check_nesting(&events, true), Ok(1), "{events:?}");
+    let (threw, events) = run.call("throws");
+    assert!(threw);
+    assert_eq!(check_nesting(&events, true), Ok(1), "{events:?}");
+    assert_eq!(learned.map(|id| count(&mut run, id)), [1, 1, 1]);
+
+    // Switched: every frame enters and exits, by return, tail call and unwinding alike.
+    for id in learned {
+        let switch = global(&mut run, iota_instrument::SWITCH_EXPORT_PREFIX, id);
+        switch.set(&mut run.store, Val::I64(-1)).unwrap();
+    }
+    let (threw, events) = run.call("run");
+    assert!(!threw);
+    assert_eq!(check_nesting(&events, true), Ok(3), "{events:?}");
+    let (threw, events) = run.call("throws");
+    assert!(threw);
+    assert_eq!(check_nesting(&events, true), Ok(2), "{events:?}");
+    assert_eq!(learned.map(|id| count(&mut run, id)), [-1, -1, -1]);
+
+    // A function the cost model counts is counted either way, and has no switch.
+    let leaf = id("leaf");
+    assert_eq!(count(&mut run, leaf), 2);
+    let switch = format!("{}{leaf}", iota_instrument::SWITCH_EXPORT_PREFIX);
+    assert!(run.instance.get_global(&mut run.store, &switch).is_none());
+}

@@ -93,6 +93,29 @@ fn generated_modules_behave_the_same_instrumented() {
     );
 }
 
+/// The same with every function the cost model times counted as if learned, half of them
+/// switched back to the hooks: both kinds of guarded entry and exit, on any control flow.
+#[test]
+fn generated_modules_behave_the_same_with_learned_functions_switched() {
+    let engine = engine();
+    let mut options = Options::new();
+    options.count_also(0..4096);
+    let (mut modules, mut totals) = (0, Totals::default());
+    for case in 0..150u64 {
+        let bytes = random_bytes(0x5717c4_u64.wrapping_add(case), 64 * 1024);
+        let outcome = run_case(&engine, &bytes, case % 4, &options);
+        if let Some(case_totals) = outcome.unwrap_or_else(|e| panic!("case {case}: {e}")) {
+            modules += 1;
+            totals.add(&case_totals);
+        }
+    }
+    println!("wasm-smith, learned functions switched: {modules} modules, {totals:?}");
+    assert!(
+        totals.switched > 100 && totals.escaped > 0,
+        "too few switched functions or escaping exceptions: {totals:?}"
+    );
+}
+
 /// Seed 2026, case 5749 of a 20,000-case run: a function that recursively doubles a memory64
 /// (`memory.size; memory.grow`) took the test process past 24 GB before the memory limit.
 #[test]
@@ -149,6 +172,8 @@ pub struct Totals {
     escaped: usize,
     /// ... of which the host module threw.
     escaped_from_host: usize,
+    /// Learned functions switched back to the hooks.
+    switched: usize,
 }
 
 impl Totals {
@@ -158,6 +183,7 @@ impl Totals {
         self.with_gc += other.with_gc;
         self.escaped += other.escaped;
         self.escaped_from_host += other.escaped_from_host;
+        self.switched += other.switched;
     }
 }
 
@@ -241,6 +267,24 @@ pub fn run_case(
             ));
         }
     };
+    // Learned functions (`Options::count_also`) with odd ids call the hooks, the others count.
+    let switches: Vec<String> = traced
+        .exports()
+        .map(|e| e.name())
+        .filter(|name| {
+            name.strip_prefix(iota_instrument::SWITCH_EXPORT_PREFIX)
+                .and_then(|id| id.parse::<u32>().ok())
+                .is_some_and(|id| id % 2 == 1)
+        })
+        .map(str::to_string)
+        .collect();
+    for name in &switches {
+        let switch = ib.get_global(&mut b.store, name).expect("exported switch");
+        switch
+            .set(&mut b.store, Val::I64(-1))
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    totals.switched = switches.len();
     let exports: Vec<String> = plain
         .exports()
         .filter(|e| e.ty().func().is_some())

@@ -194,3 +194,86 @@ fn short_calls_learned_from_runs_are_counted_and_long_calls_stay_spans() {
     let trace = server.trace(&trace_id_of(&server.run("name=m", "")));
     assert_eq!(function(&trace, "quick")["timed"], false);
 }
+
+/// `_start` reads one byte of stdin. Without an `L`, it calls `$quick` 2,000 times for two
+/// loop steps each; with one, 50 times for a million steps each.
+const GROWS: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $quick (param $steps i32) (result i32) (local $i i32) (local $acc i32)
+    (loop $l
+      (local.set $acc (i32.xor (i32.mul (local.get $acc) (i32.const 31)) (local.get $i)))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $steps))))
+    (local.get $acc))
+  (func (export "_start") (local $i i32) (local $acc i32) (local $calls i32) (local $steps i32)
+    (i32.store (i32.const 16) (i32.const 32))
+    (i32.store (i32.const 20) (i32.const 1))
+    (drop (call $fd_read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (local.set $calls (i32.const 2000))
+    (local.set $steps (i32.const 2))
+    (if (i32.eq (i32.load8_u (i32.const 32)) (i32.const 76))
+      (then
+        (local.set $calls (i32.const 50))
+        (local.set $steps (i32.const 1000000))))
+    (loop $l
+      (local.set $acc (i32.add (local.get $acc) (call $quick (local.get $steps))))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $calls))))
+    (i32.store (i32.const 0) (local.get $acc))))"#;
+
+#[test]
+fn audits_time_learned_functions_again_and_revoke_those_grown_long() {
+    // `quick` takes well under 100 µs a call with two steps, well over with a million.
+    let flags = [
+        "--learn-after-runs",
+        "2",
+        "--learn-after-calls",
+        "1000",
+        "--learn-mean-ns",
+        "100000",
+        "--learn-min-calls",
+        "10",
+        "--learn-audit-every",
+        "2",
+    ];
+    let server = Server::start(&data_dir("auditing"), &flags, &[]);
+    server.upload_ok("m", &wat::parse_str(GROWS).unwrap());
+    let info = || {
+        server
+            .get("/modules/m")
+            .json::<serde_json::Value>()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        assert_eq!(server.run("name=m", "").status(), 200);
+    }
+    crate::harness::wait_until("the learned version", || info()["generation"] == 1);
+    assert_eq!(info()["learned_functions"], 1);
+    assert_eq!(info()["learning"], "auditing");
+
+    // The workload changes: `quick`'s calls are long now. A run that is no audit counts them.
+    let trace = server.trace(&trace_id_of(&server.run("name=m", "L")));
+    let quick = function(&trace, "quick");
+    assert_eq!(
+        (quick["calls"].as_u64(), &quick["timed"]),
+        (Some(50), &serde_json::json!(false))
+    );
+    assert!(Spans::of(&trace).named("quick").is_empty());
+
+    // The second run of the version is an audit: every call is timed, and a span again.
+    let trace = server.trace(&trace_id_of(&server.run("name=m", "L")));
+    let quick = function(&trace, "quick");
+    assert_eq!(
+        (quick["calls"].as_u64(), &quick["timed"]),
+        (Some(50), &serde_json::json!(true))
+    );
+    let spans = Spans::of(&trace);
+    spans.assert_nested();
+    assert_eq!(spans.named("quick").len(), 50);
+
+    // What it showed revokes what was learned: the next version times `quick` again.
+    crate::harness::wait_until("the version without it", || info()["generation"] == 2);
+    assert_eq!(info()["learned_functions"], 0);
+    let trace = server.trace(&trace_id_of(&server.run("name=m", "L")));
+    assert_eq!(function(&trace, "quick")["timed"], true);
+    assert_eq!(Spans::of(&trace).named("quick").len(), 50);
+}
