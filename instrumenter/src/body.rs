@@ -97,8 +97,8 @@ pub(crate) struct Rewritten {
     pub facts: BodyFacts,
     id: u32,
     block_type: BlockType,
-    /// The counter that switches the hooks on, for a switchable function.
-    switch: Option<u32>,
+    /// What switches the hooks on, for a switchable function.
+    switch: Option<Switch>,
 }
 
 impl Rewritten {
@@ -140,7 +140,13 @@ pub(crate) fn rewrite(
     let scratch64 = declared + 1;
 
     // A switchable function calls the hooks only while the host has switched them on.
-    let switch = plan.counter.filter(|_| plan.switchable);
+    let switch = plan
+        .counter
+        .filter(|_| plan.switchable)
+        .map(|counter| Switch {
+            counter,
+            local: declared + 2,
+        });
     let hooked = plan.traced || switch.is_some();
     let hooks = Hooks::new(rw, plan.id, switch);
     let exit = &hooks.exit;
@@ -274,6 +280,8 @@ pub(crate) fn rewrite(
 
     let mut out = Vec::with_capacity(code.len() + 2 * exit.len() + 32);
     let extra_groups: &[(u32, ValType)] = match scratch_needed {
+        // The switch's local follows both scratch locals.
+        _ if switch.is_some() => &[(1, ValType::I32), (2, ValType::I64)],
         Scratch::None => &[],
         Scratch::I32 => &[(1, ValType::I32)],
         Scratch::Both => &[(1, ValType::I32), (1, ValType::I64)],
@@ -316,6 +324,13 @@ pub(crate) fn rewrite(
     })
 }
 
+/// A switchable function's counter, and the local that keeps its value from the call's entry.
+#[derive(Debug, Clone, Copy)]
+struct Switch {
+    counter: u32,
+    local: u32,
+}
+
 /// The code that reports a call's entry and its exits.
 struct Hooks {
     enter: Vec<u8>,
@@ -323,25 +338,31 @@ struct Hooks {
 }
 
 impl Hooks {
-    /// `i32.const id; call enter` and `... call exit`; behind `switch` (a counter global), the
-    /// entry counts the call while the counter is at least zero and calls `enter` otherwise,
-    /// and the exits call `exit` only while it is negative. Only the host changes the sign, so a
+    /// `i32.const id; call enter` and `... call exit`. Behind a `switch`, the entry reads the
+    /// counter once, into the switch's local, and counts the call while it is at least zero,
+    /// calling `enter` otherwise; the exits call `exit` only if that value was negative, so a
     /// call's entry and its exits agree.
-    fn new(rw: &Rewriter<'_, '_>, id: u32, switch: Option<u32>) -> Self {
+    fn new(rw: &Rewriter<'_, '_>, id: u32, switch: Option<Switch>) -> Self {
         let enter = hook_call(id, rw.hook_index(0));
         let exit = hook_call(id, rw.hook_index(1));
-        let Some(counter) = switch else {
+        let Some(Switch { counter, local }) = switch else {
             return Hooks { enter, exit };
         };
         let mut guarded_enter = Vec::with_capacity(enter.len() + 24);
-        switched_on(counter, &mut guarded_enter);
+        Instruction::GlobalGet(counter).encode(&mut guarded_enter);
+        Instruction::LocalTee(local).encode(&mut guarded_enter);
+        switched_on(&mut guarded_enter);
         Instruction::If(BlockType::Empty).encode(&mut guarded_enter);
         guarded_enter.extend_from_slice(&enter);
         Instruction::Else.encode(&mut guarded_enter);
-        count_call(counter, &mut guarded_enter);
+        Instruction::LocalGet(local).encode(&mut guarded_enter);
+        Instruction::I64Const(1).encode(&mut guarded_enter);
+        Instruction::I64Add.encode(&mut guarded_enter);
+        Instruction::GlobalSet(counter).encode(&mut guarded_enter);
         Instruction::End.encode(&mut guarded_enter);
         let mut guarded_exit = Vec::with_capacity(exit.len() + 12);
-        switched_on(counter, &mut guarded_exit);
+        Instruction::LocalGet(local).encode(&mut guarded_exit);
+        switched_on(&mut guarded_exit);
         Instruction::If(BlockType::Empty).encode(&mut guarded_exit);
         guarded_exit.extend_from_slice(&exit);
         Instruction::End.encode(&mut guarded_exit);
@@ -360,9 +381,9 @@ fn count_call(counter: u32, out: &mut Vec<u8>) {
     Instruction::GlobalSet(counter).encode(out);
 }
 
-/// Pushes whether the host switched `counter`'s function to the hooks (`counter < 0`).
-fn switched_on(counter: u32, out: &mut Vec<u8>) {
-    Instruction::GlobalGet(counter).encode(out);
+/// With a counter's value on the stack: whether the host switched its function to the hooks
+/// (the value is negative).
+fn switched_on(out: &mut Vec<u8>) {
     Instruction::I64Const(0).encode(out);
     Instruction::I64LtS.encode(out);
 }
