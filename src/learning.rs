@@ -16,8 +16,8 @@
 //!
 //! What was learned is checked again: one run in [`LearnSettings::audit_every`] of a learned
 //! version switches its learned functions back to the hooks (the module's counters double as
-//! switches, [`iota_instrument::SWITCH_EXPORT_PREFIX`]), so that run times them as the first
-//! runs did. A learned function whose audited calls are no longer short on average, or that
+//! switches, [`iota_instrument::SWITCH_EXPORT_PREFIX`]: a call runs the function's traced twin),
+//! so that run times them as the first runs did. A learned function whose audited calls are no longer short on average, or that
 //! reached the module's minimum span duration in two audits, is timed again, in a version
 //! re-instrumented without it.
 

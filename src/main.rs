@@ -77,6 +77,7 @@ fn serve(config: ServeConfig) -> Result<()> {
         threads: config.compile_threads,
         timeout: Duration::from_millis(config.compile_timeout_ms),
         memory_limit_mb: config.compile_memory_limit_mb,
+        learned_switches: config.learn_audit_every > 0,
     };
     let learn = LearnSettings {
         enabled: config.learn,

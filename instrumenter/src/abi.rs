@@ -26,7 +26,9 @@ pub const COUNTER_EXPORT_PREFIX: &str = "iota.count.";
 /// Exported by the rewrite, besides [`COUNTER_EXPORT_PREFIX`], for each function counted only
 /// because the host asked ([`Timing::Learned`](crate::Timing::Learned)): the same global, under
 /// this prefix and the hook id. Set negative before a run, it switches the function back to
-/// calling the enter and exit hooks for that run (its counter then stays as set).
+/// calling the enter and exit hooks for that run: a call tail-calls the function's traced twin
+/// (the same body with the hooks, appended after the module's functions), and the counter
+/// stays as set.
 pub const SWITCH_EXPORT_PREFIX: &str = "iota.switch.";
 
 /// Custom section that marks a module rewritten by this crate.

@@ -68,23 +68,28 @@ pub(crate) fn rewrite_bodies(
 }
 
 /// Rewrites again, in parallel, the bodies `counted` flags, now that `rw` counts their calls.
+/// Returns the traced bodies they replace of the functions that get a traced twin, in the
+/// twins' order.
 pub(crate) fn recount_bodies(
     rw: &Rewriter<'_, '_>,
     bodies: &[FunctionBody<'_>],
     counted: &[bool],
     rewritten: &mut [Rewritten],
-) -> Result<()> {
-    rewritten
+) -> Result<Vec<Rewritten>> {
+    let replaced: Vec<Option<Rewritten>> = rewritten
         .par_iter_mut()
         .enumerate()
         .with_min_len(64)
         .filter(|(slot, _)| counted[*slot])
-        .try_for_each(|(slot, out)| {
+        .map(|(slot, out)| {
             let plan = rw.plan_for(slot);
-            *out = body::rewrite(rw, &plan, &bodies[slot])
+            let counting = body::rewrite(rw, &plan, &bodies[slot])
                 .map_err(|e| e.in_function(plan.original_index))?;
-            Ok(())
+            let traced = std::mem::replace(out, counting);
+            Ok(plan.twin.map(|_| traced))
         })
+        .collect::<Result<_>>()?;
+    Ok(replaced.into_iter().flatten().collect())
 }
 
 /// A body being processed and its position among the defined functions.

@@ -53,9 +53,9 @@ pub(crate) struct BodyPlan {
     pub guess: Option<Wrapper>,
     /// For a counted function (not traced): the global that counts its calls.
     pub counter: Option<u32>,
-    /// For a counted function: whether its counter also switches it to calling the hooks, while
-    /// the host has set the counter negative (a learned function, audited).
-    pub switchable: bool,
+    /// For a counted function the host can switch back to the hooks (a learned one): its
+    /// traced twin, which a call runs instead while the host has set the counter negative.
+    pub twin: Option<u32>,
 }
 
 /// What a body does that decides whether an exception can unwind it, or leave a call to it.
@@ -92,13 +92,11 @@ pub(crate) struct Rewritten {
     locals_end: usize,
     /// The code between the wrapper's opening and closing.
     middle: Range<usize>,
-    /// The wrapper in `bytes`; `None` for a function that never calls the hooks.
+    /// The wrapper in `bytes`; `None` for an untraced function.
     pub wrapper: Option<Wrapper>,
     pub facts: BodyFacts,
     id: u32,
     block_type: BlockType,
-    /// What switches the hooks on, for a switchable function.
-    switch: Option<Switch>,
 }
 
 impl Rewritten {
@@ -108,8 +106,7 @@ impl Rewritten {
         let mut out = Vec::with_capacity(self.bytes.len() + 16);
         out.extend_from_slice(&self.bytes[..self.locals_end]);
         let middle = self.middle.clone();
-        let hooks = Hooks::new(rw, self.id, self.switch);
-        let start = wrap(&hooks, self.block_type, wrapper, &mut out, |out| {
+        let start = wrap(rw, self.id, self.block_type, wrapper, &mut out, |out| {
             out.extend_from_slice(&self.bytes[middle.clone()]);
         });
         self.middle = start..start + middle.len();
@@ -139,17 +136,7 @@ pub(crate) fn rewrite(
     let scratch32 = declared;
     let scratch64 = declared + 1;
 
-    // A switchable function calls the hooks only while the host has switched them on.
-    let switch = plan
-        .counter
-        .filter(|_| plan.switchable)
-        .map(|counter| Switch {
-            counter,
-            local: declared + 2,
-        });
-    let hooked = plan.traced || switch.is_some();
-    let hooks = Hooks::new(rw, plan.id, switch);
-    let exit = &hooks.exit;
+    let exit = hook_call(plan.id, rw.hook_index(1));
     let body_len = (body.range().end - body.range().start) as usize;
     let mut code = Vec::with_capacity(body_len + 16);
     let mut facts = BodyFacts::default();
@@ -230,8 +217,8 @@ pub(crate) fn rewrite(
                     None => facts.tail_throws |= rw.facts.import_may_throw(function_index),
                 }
                 flush(&mut code);
-                if hooked {
-                    code.extend_from_slice(exit);
+                if plan.traced {
+                    code.extend_from_slice(&exit);
                 }
                 Instruction::ReturnCall(rw.output_function_index(function_index)).encode(&mut code);
                 copied_to = ops.original_position() as usize;
@@ -240,9 +227,9 @@ pub(crate) fn rewrite(
             | Operator::ReturnCallIndirect { .. }
             | Operator::ReturnCallRef { .. } => {
                 facts.tail_throws |= !matches!(op, Operator::Return);
-                if hooked {
+                if plan.traced {
                     flush(&mut code);
-                    code.extend_from_slice(exit);
+                    code.extend_from_slice(&exit);
                     copied_to = at;
                 }
             }
@@ -280,8 +267,10 @@ pub(crate) fn rewrite(
 
     let mut out = Vec::with_capacity(code.len() + 2 * exit.len() + 32);
     let extra_groups: &[(u32, ValType)] = match scratch_needed {
-        // The switch's local follows both scratch locals.
-        _ if switch.is_some() => &[(1, ValType::I32), (2, ValType::I64)],
+        // The switch's local (`declared + 2`) follows both scratch locals.
+        _ if plan.twin.is_some() && plan.counter.is_some() => {
+            &[(1, ValType::I32), (2, ValType::I64)]
+        }
         Scratch::None => &[],
         Scratch::I32 => &[(1, ValType::I32)],
         Scratch::Both => &[(1, ValType::I32), (1, ValType::I64)],
@@ -293,19 +282,28 @@ pub(crate) fn rewrite(
         ty.encode(&mut out);
     }
     let locals_end = out.len();
-    let (wrapper, middle) = if hooked {
+    let (wrapper, middle) = if plan.traced {
         let wrapper = match plan.guess {
             Some(_) if facts.legacy => Wrapper::Legacy,
             Some(style) if facts.unwinds || !facts.callees.is_empty() => style,
             _ => Wrapper::Block,
         };
-        let start = wrap(&hooks, plan.block_type, wrapper, &mut out, |out| {
+        let start = wrap(rw, plan.id, plan.block_type, wrapper, &mut out, |out| {
             out.extend_from_slice(&code)
         });
         (Some(wrapper), start..start + code.len())
     } else {
-        if let Some(counter) = plan.counter {
-            count_call(counter, &mut out);
+        match (plan.counter, plan.twin) {
+            (Some(counter), Some(twin)) => {
+                switch_to_twin(counter, twin, plan.params, declared + 2, &mut out)
+            }
+            (Some(counter), None) => {
+                Instruction::GlobalGet(counter).encode(&mut out);
+                Instruction::I64Const(1).encode(&mut out);
+                Instruction::I64Add.encode(&mut out);
+                Instruction::GlobalSet(counter).encode(&mut out);
+            }
+            _ => {}
         }
         let start = out.len();
         out.extend_from_slice(&code);
@@ -320,85 +318,21 @@ pub(crate) fn rewrite(
         facts,
         id: plan.id,
         block_type: plan.block_type,
-        switch,
     })
-}
-
-/// A switchable function's counter, and the local that keeps its value from the call's entry.
-#[derive(Debug, Clone, Copy)]
-struct Switch {
-    counter: u32,
-    local: u32,
-}
-
-/// The code that reports a call's entry and its exits.
-struct Hooks {
-    enter: Vec<u8>,
-    exit: Vec<u8>,
-}
-
-impl Hooks {
-    /// `i32.const id; call enter` and `... call exit`. Behind a `switch`, the entry reads the
-    /// counter once, into the switch's local, and counts the call while it is at least zero,
-    /// calling `enter` otherwise; the exits call `exit` only if that value was negative, so a
-    /// call's entry and its exits agree.
-    fn new(rw: &Rewriter<'_, '_>, id: u32, switch: Option<Switch>) -> Self {
-        let enter = hook_call(id, rw.hook_index(0));
-        let exit = hook_call(id, rw.hook_index(1));
-        let Some(Switch { counter, local }) = switch else {
-            return Hooks { enter, exit };
-        };
-        let mut guarded_enter = Vec::with_capacity(enter.len() + 24);
-        Instruction::GlobalGet(counter).encode(&mut guarded_enter);
-        Instruction::LocalTee(local).encode(&mut guarded_enter);
-        switched_on(&mut guarded_enter);
-        Instruction::If(BlockType::Empty).encode(&mut guarded_enter);
-        guarded_enter.extend_from_slice(&enter);
-        Instruction::Else.encode(&mut guarded_enter);
-        Instruction::LocalGet(local).encode(&mut guarded_enter);
-        Instruction::I64Const(1).encode(&mut guarded_enter);
-        Instruction::I64Add.encode(&mut guarded_enter);
-        Instruction::GlobalSet(counter).encode(&mut guarded_enter);
-        Instruction::End.encode(&mut guarded_enter);
-        let mut guarded_exit = Vec::with_capacity(exit.len() + 12);
-        Instruction::LocalGet(local).encode(&mut guarded_exit);
-        switched_on(&mut guarded_exit);
-        Instruction::If(BlockType::Empty).encode(&mut guarded_exit);
-        guarded_exit.extend_from_slice(&exit);
-        Instruction::End.encode(&mut guarded_exit);
-        Hooks {
-            enter: guarded_enter,
-            exit: guarded_exit,
-        }
-    }
-}
-
-/// `counter += 1`.
-fn count_call(counter: u32, out: &mut Vec<u8>) {
-    Instruction::GlobalGet(counter).encode(out);
-    Instruction::I64Const(1).encode(out);
-    Instruction::I64Add.encode(out);
-    Instruction::GlobalSet(counter).encode(out);
-}
-
-/// With a counter's value on the stack: whether the host switched its function to the hooks
-/// (the value is negative).
-fn switched_on(out: &mut Vec<u8>) {
-    Instruction::I64Const(0).encode(out);
-    Instruction::I64LtS.encode(out);
 }
 
 /// Emits `enter`, the wrapper's opening, the code `middle` writes, the wrapper's closing,
 /// `exit` and the function's `end`. Returns where the middle starts in `out`.
 fn wrap(
-    hooks: &Hooks,
+    rw: &Rewriter<'_, '_>,
+    id: u32,
     block_type: BlockType,
     wrapper: Wrapper,
     out: &mut Vec<u8>,
     middle: impl FnOnce(&mut Vec<u8>),
 ) -> usize {
-    let exit = &hooks.exit;
-    out.extend_from_slice(&hooks.enter);
+    let exit = hook_call(id, rw.hook_index(1));
+    out.extend_from_slice(&hook_call(id, rw.hook_index(0)));
     match wrapper {
         Wrapper::Block => Instruction::Block(block_type).encode(out),
         Wrapper::Standard => {
@@ -417,20 +351,41 @@ fn wrap(
             Instruction::End.encode(out); // try_table
             Instruction::Br(1).encode(out);
             Instruction::End.encode(out); // handler block: the exnref is on the stack
-            out.extend_from_slice(exit);
+            out.extend_from_slice(&exit);
             Instruction::ThrowRef.encode(out);
             Instruction::End.encode(out);
         }
         Wrapper::Legacy => {
             Instruction::CatchAll.encode(out);
-            out.extend_from_slice(exit);
+            out.extend_from_slice(&exit);
             Instruction::Rethrow(0).encode(out);
             Instruction::End.encode(out);
         }
     }
-    out.extend_from_slice(exit);
+    out.extend_from_slice(&exit);
     Instruction::End.encode(out);
     start
+}
+
+/// A switchable function's entry: with its counter at least zero (as the module starts), counts
+/// the call; with it negative (the host switched the function back to the hooks for this run),
+/// tail-calls the traced `twin` with the same arguments instead. The counter is read once, into
+/// `local`.
+fn switch_to_twin(counter: u32, twin: u32, params: u32, local: u32, out: &mut Vec<u8>) {
+    Instruction::GlobalGet(counter).encode(out);
+    Instruction::LocalTee(local).encode(out);
+    Instruction::I64Const(0).encode(out);
+    Instruction::I64LtS.encode(out);
+    Instruction::If(BlockType::Empty).encode(out);
+    for param in 0..params {
+        Instruction::LocalGet(param).encode(out);
+    }
+    Instruction::ReturnCall(twin).encode(out);
+    Instruction::End.encode(out);
+    Instruction::LocalGet(local).encode(out);
+    Instruction::I64Const(1).encode(out);
+    Instruction::I64Add.encode(out);
+    Instruction::GlobalSet(counter).encode(out);
 }
 
 /// The largest delta the `memory-grow` hook reports: `i32::MAX` pages.

@@ -178,12 +178,17 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
         }
     };
     let counted: Vec<bool> = timing.iter().map(|t| t.is_counted()).collect();
+    let mut twins = Vec::new();
     if counted.contains(&true) {
-        let switchable: Vec<bool> = timing.iter().map(|t| *t == Timing::Learned).collect();
+        let switch = options.counted_also_switch();
+        let switchable: Vec<bool> = timing
+            .iter()
+            .map(|t| switch && *t == Timing::Learned)
+            .collect();
         rewriter.count_calls(&counted, &switchable);
-        bodies::recount_bodies(&rewriter, &facts.bodies, &counted, &mut rewritten)?;
+        twins = bodies::recount_bodies(&rewriter, &facts.bodies, &counted, &mut rewritten)?;
     }
-    rewriter.set_bodies(rewritten);
+    rewriter.set_bodies(rewritten, twins);
     let mut functions = functions;
     for (f, timing) in functions.iter_mut().zip(timing) {
         f.timing = timing;

@@ -52,6 +52,8 @@ pub struct Options {
     call_timing: CallTiming,
     /// Hook ids of functions to count even where the cost model would time them.
     count_also: Vec<u32>,
+    /// Those functions count with a plain counter, without a switch back to the hooks.
+    count_also_without_switch: bool,
     /// Added to every function id: a component's modules get ids above one another's.
     pub(crate) id_base: u32,
 }
@@ -155,6 +157,20 @@ impl Options {
 
     pub(crate) fn counted_also(&self) -> &[u32] {
         &self.count_also
+    }
+
+    /// Whether the functions of [`count_also`](Self::count_also) get a switch (the default):
+    /// their counter, exported also as [`SWITCH_EXPORT_PREFIX`](crate::SWITCH_EXPORT_PREFIX)
+    /// and the id, times them again (through the enter and exit hooks) for a run the host
+    /// sets it negative before. The check costs each of their calls a compare and a branch;
+    /// without a switch they cost what a counted call does.
+    pub fn count_also_switch(&mut self, switch: bool) -> &mut Self {
+        self.count_also_without_switch = !switch;
+        self
+    }
+
+    pub(crate) fn counted_also_switch(&self) -> bool {
+        !self.count_also_without_switch
     }
 
     /// Names functions from `map` (it wins over the module's `name` section and DWARF).

@@ -38,9 +38,12 @@ pub(crate) struct Rewriter<'a, 'f> {
     counters: Vec<Option<u32>>,
     /// Hook ids of the counted functions, in the order of their globals.
     counted_ids: Vec<u32>,
-    /// Per defined function: whether its counter also switches it to the hooks (see
-    /// [`abi::SWITCH_EXPORT_PREFIX`]).
-    switchable: Vec<bool>,
+    /// Per defined function: the output index of its traced twin, for a switchable function
+    /// (see [`abi::SWITCH_EXPORT_PREFIX`]).
+    twin_of: Vec<Option<u32>>,
+    /// The slots of the switchable functions, in the order of their twins (which follow every
+    /// defined function).
+    twin_slots: Vec<usize>,
     /// Per counted function, in the order of their globals: whether it is switchable.
     switchable_ids: Vec<bool>,
     globals_written: bool,
@@ -91,7 +94,8 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             added_labels: Vec::new(),
             counters: Vec::new(),
             counted_ids: Vec::new(),
-            switchable: Vec::new(),
+            twin_of: Vec::new(),
+            twin_slots: Vec::new(),
             switchable_ids: Vec::new(),
             globals_written: false,
             exports_written: false,
@@ -137,8 +141,9 @@ impl<'a, 'f> Rewriter<'a, 'f> {
     /// exception handler where an exception can unwind the function (and the options ask for
     /// it), in the module's style (legacy `try` if any body uses legacy exception handling,
     /// mixing both in one module being invalid for some engines), a plain block elsewhere.
-    /// Then keeps the bodies for the code section.
-    pub(crate) fn set_bodies(&mut self, mut bodies: Vec<Rewritten>) {
+    /// Then keeps the bodies for the code section, followed by the `twins` (the traced bodies of
+    /// the switchable functions, in order), wrapped as their functions would be.
+    pub(crate) fn set_bodies(&mut self, mut bodies: Vec<Rewritten>, mut twins: Vec<Rewritten>) {
         let facts: Vec<_> = bodies.iter().map(|b| &b.facts).collect();
         let uses_exceptions = self.facts.has_tags || facts.iter().any(|f| f.uses_exceptions);
         let handled = match self.unwind {
@@ -155,24 +160,32 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         } else {
             vec![false; bodies.len()]
         };
+        let twin_unwinds: Vec<bool> = self.twin_slots.iter().map(|&s| can_unwind[s]).collect();
         // In parallel: in a module that uses legacy exception handling, most bodies change.
         let this = &*self;
+        let wrap = |(body, can_unwind): (&mut Rewritten, bool)| {
+            let wanted = if can_unwind { style } else { Wrapper::Block };
+            if body.wrapper.is_some_and(|wrapper| wrapper != wanted) {
+                body.rewrap(this, wanted);
+            }
+        };
         bodies
             .par_iter_mut()
             .zip(can_unwind)
             .with_min_len(256)
-            .for_each(|(body, can_unwind)| {
-                let wanted = if can_unwind { style } else { Wrapper::Block };
-                if body.wrapper.is_some_and(|wrapper| wrapper != wanted) {
-                    body.rewrap(this, wanted);
-                }
-            });
+            .for_each(wrap);
+        twins
+            .par_iter_mut()
+            .zip(twin_unwinds)
+            .with_min_len(256)
+            .for_each(wrap);
         self.added_labels = bodies
             .iter()
             .map(|b| b.wrapper.map_or(0, Wrapper::labels))
             .collect();
         self.bodies = bodies
             .into_iter()
+            .chain(twins)
             .map(|b| b.bytes)
             .collect::<Vec<_>>()
             .into_iter();
@@ -189,8 +202,9 @@ impl<'a, 'f> Rewriter<'a, 'f> {
     /// Counts the calls of the defined functions `counted` flags instead of tracing them: each
     /// gets a global, appended after the module's own and exported as
     /// [`abi::COUNTER_EXPORT_PREFIX`] followed by its hook id. Those `switchable` flags are
-    /// also exported as [`abi::SWITCH_EXPORT_PREFIX`] and their id: the host can switch them
-    /// back to the hooks for a run.
+    /// also exported as [`abi::SWITCH_EXPORT_PREFIX`] and their id, and get a traced twin
+    /// (their traced body, as a function appended after the module's own): the host can switch
+    /// them back to the hooks for a run.
     pub(crate) fn count_calls(&mut self, counted: &[bool], switchable: &[bool]) {
         let mut next = self.facts.globals;
         self.counters = counted
@@ -206,7 +220,15 @@ impl<'a, 'f> Rewriter<'a, 'f> {
                 })
             })
             .collect();
-        self.switchable = switchable.to_vec();
+        let first_twin = self.output_function_index(self.facts.imported_funcs)
+            + self.facts.defined_types.len() as u32;
+        self.twin_slots = (0..switchable.len())
+            .filter(|&slot| counted[slot] && switchable[slot])
+            .collect();
+        self.twin_of = vec![None; switchable.len()];
+        for (k, &slot) in self.twin_slots.iter().enumerate() {
+            self.twin_of[slot] = Some(first_twin + k as u32);
+        }
     }
 
     fn write_counter_globals(&mut self, globals: &mut wasm_encoder::GlobalSection) {
@@ -259,7 +281,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             block_type: self.wrapper_block_types[ty],
             guess: self.wrapper_guess(),
             counter,
-            switchable: self.switchable.get(slot).copied().unwrap_or(false),
+            twin: self.twin_of.get(slot).copied().flatten(),
         }
     }
 }
@@ -370,6 +392,22 @@ impl Reencode for Rewriter<'_, '_> {
             })?;
             code.raw(&body);
         }
+        // The traced twins follow the module's own functions.
+        for body in self.bodies.by_ref() {
+            code.raw(&body);
+        }
+        Ok(())
+    }
+
+    fn parse_function_section(
+        &mut self,
+        functions: &mut wasm_encoder::FunctionSection,
+        section: wasmparser::FunctionSectionReader<'_>,
+    ) -> ReencodeResult<()> {
+        utils::parse_function_section(self, functions, section)?;
+        for &slot in &self.twin_slots {
+            functions.function(self.facts.defined_types[slot]);
+        }
         Ok(())
     }
 
@@ -418,6 +456,14 @@ impl Rewriter<'_, '_> {
         }
         if !hooks_named {
             self.append_hook_names(&mut functions);
+        }
+        // A twin is its function, traced: it has the function's name (in backtraces, say).
+        let named = parsed.map_or(&[][..], |p| &p.functions);
+        for (&slot, twin) in self.twin_slots.iter().zip(self.twin_of.iter().flatten()) {
+            let index = self.facts.imported_funcs + slot as u32;
+            if let Ok(at) = named.binary_search_by_key(&index, |&(i, _)| i) {
+                functions.append(*twin, named[at].1);
+            }
         }
         names.functions(&functions);
         for subsection in parsed.map_or(&[][..], |p| &p.others) {

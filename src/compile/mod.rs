@@ -32,6 +32,9 @@ pub struct CompileSettings {
     pub timeout: Duration,
     /// Address space of a worker, in MiB.
     pub memory_limit_mb: u64,
+    /// Functions counted because runs showed them short get a switch back to the hooks, for
+    /// audits (see [`crate::learning`]).
+    pub learned_switches: bool,
 }
 
 /// Runs compile workers, a bounded number at a time.
@@ -204,6 +207,9 @@ impl Compiler {
             .arg(self.settings.memory_limit_mb.to_string());
         if !instrument {
             command.arg("--validate-only");
+        }
+        if !count_also.is_empty() && !self.settings.learned_switches {
+            command.arg("--no-learned-switch");
         }
         if time_every_call {
             command.arg("--time-every-call");

@@ -39,6 +39,9 @@ pub struct WorkerArgs {
     /// Time every call, instead of counting the calls of provably short functions.
     #[arg(long)]
     pub time_every_call: bool,
+    /// The functions of `count_also.txt` count without a switch back to the hooks.
+    #[arg(long)]
+    pub no_learned_switch: bool,
     /// Address-space limit of this process, in MiB (0: none).
     #[arg(long, default_value_t = 0)]
     pub memory_limit_mb: u64,
@@ -131,7 +134,9 @@ fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
         options.call_timing(CallTiming::EveryCall);
     }
     if let Ok(text) = std::fs::read_to_string(args.dir.join(COUNT_ALSO)) {
-        options.count_also(text.lines().filter_map(|line| line.trim().parse().ok()));
+        options
+            .count_also(text.lines().filter_map(|line| line.trim().parse().ok()))
+            .count_also_switch(!args.no_learned_switch);
     }
     if let Ok(text) = std::fs::read_to_string(args.dir.join(SYMBOL_MAP)) {
         match SymbolMap::parse(&text) {

@@ -281,4 +281,34 @@ fn switchable_functions_count_until_switched_then_exit_every_frame() {
     assert_eq!(count(&mut run, leaf), 2);
     let switch = format!("{}{leaf}", iota_instrument::SWITCH_EXPORT_PREFIX);
     assert!(run.instance.get_global(&mut run.store, &switch).is_none());
+
+    // Without switches, the learned functions only count, and the module has no twins.
+    let plain_learned = instrument(
+        &wat::parse_str(SWITCHED).unwrap(),
+        Options::new().count_also(learned).count_also_switch(false),
+    )
+    .unwrap();
+    let mut run = instantiate(&engine, &plain_learned.wasm);
+    for id in learned {
+        let switch = format!("{}{id}", iota_instrument::SWITCH_EXPORT_PREFIX);
+        assert!(run.instance.get_global(&mut run.store, &switch).is_none());
+    }
+    let (threw, events) = run.call("run");
+    assert!(!threw);
+    assert_eq!(check_nesting(&events, true), Ok(1), "{events:?}");
+    assert_eq!(learned.map(|id| count(&mut run, id)), [1, 1, 0]);
+    let defined = |wasm: &[u8]| {
+        wasmparser::Parser::new(0)
+            .parse_all(wasm)
+            .find_map(|payload| match payload.unwrap() {
+                wasmparser::Payload::FunctionSection(functions) => Some(functions.count()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        defined(&out.wasm),
+        defined(&plain_learned.wasm) + 3,
+        "one twin each"
+    );
 }

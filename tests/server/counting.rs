@@ -3,6 +3,23 @@
 
 use crate::harness::{Server, Spans, data_dir, fixture, trace_id_of};
 
+/// The switch exports (learned functions the host can time again) of `module`'s runnable in the
+/// data directory `dir`.
+fn switches(dir: &std::path::Path, module: &serde_json::Value) -> Vec<String> {
+    let sha = module["runnable_sha256"].as_str().unwrap();
+    let wasm = std::fs::read(dir.join("blobs").join(format!("{sha}.wasm"))).unwrap();
+    wasmparser::Parser::new(0)
+        .parse_all(&wasm)
+        .filter_map(|payload| match payload.unwrap() {
+            wasmparser::Payload::ExportSection(exports) => Some(exports),
+            _ => None,
+        })
+        .flatten()
+        .map(|export| export.unwrap().name.to_string())
+        .filter(|name| name.starts_with(iota_instrument::SWITCH_EXPORT_PREFIX))
+        .collect()
+}
+
 fn function<'a>(trace: &'a serde_json::Value, needle: &str) -> &'a serde_json::Value {
     trace["functions"]
         .as_array()
@@ -115,6 +132,8 @@ fn short_calls_learned_from_runs_are_counted_and_long_calls_stay_spans() {
         "1000",
         "--learn-mean-ns",
         "100000",
+        "--learn-audit-every",
+        "0",
     ];
     let server = Server::start(&dir, &flags, &[]);
     let wasm = wat::parse_str(LEARNS).unwrap();
@@ -154,6 +173,9 @@ fn short_calls_learned_from_runs_are_counted_and_long_calls_stay_spans() {
         .unwrap();
     assert_eq!(info["learned_functions"], 1);
     assert_eq!(timing_of("m", "quick"), "learned");
+    // No audits: the learned function counts with a plain counter, no switch.
+    assert_eq!(info["learning"], "learned");
+    assert!(switches(&dir, &info).is_empty());
     assert_eq!(timing_of("m", "slow"), serde_json::json!({"timed": "loop"}));
 
     let response = server.run("name=m", "");
@@ -235,7 +257,8 @@ fn audits_time_learned_functions_again_and_revoke_those_grown_long() {
         "--learn-audit-every",
         "2",
     ];
-    let server = Server::start(&data_dir("auditing"), &flags, &[]);
+    let dir = data_dir("auditing");
+    let server = Server::start(&dir, &flags, &[]);
     server.upload_ok("m", &wat::parse_str(GROWS).unwrap());
     let info = || {
         server
@@ -249,6 +272,7 @@ fn audits_time_learned_functions_again_and_revoke_those_grown_long() {
     crate::harness::wait_until("the learned version", || info()["generation"] == 1);
     assert_eq!(info()["learned_functions"], 1);
     assert_eq!(info()["learning"], "auditing");
+    assert_eq!(switches(&dir, &info()).len(), 1, "`quick` has a switch");
 
     // The workload changes: `quick`'s calls are long now. A run that is no audit counts them.
     let trace = server.trace(&trace_id_of(&server.run("name=m", "L")));
