@@ -236,6 +236,7 @@ async fn execute(
             sampled: job.trace.sampled,
             trace_state: job.trace.trace_state.clone(),
             coldstart: !module.warm.swap(true, Ordering::Relaxed),
+            audit: !switched.is_empty(),
             version: module.info.runnable_sha256.clone(),
             request: job.request_line,
             response_status: match &outcome.response {

@@ -281,7 +281,9 @@ fn audits_time_learned_functions_again_and_revoke_those_grown_long() {
         (quick["calls"].as_u64(), &quick["timed"]),
         (Some(50), &serde_json::json!(false))
     );
-    assert!(Spans::of(&trace).named("quick").is_empty());
+    let spans = Spans::of(&trace);
+    assert!(spans.named("quick").is_empty());
+    assert!(spans.0[1]["attributes"]["iota.learn.audit"].is_null());
 
     // The second run of the version is an audit: every call is timed, and a span again.
     let trace = server.trace(&trace_id_of(&server.run("name=m", "L")));
@@ -293,6 +295,7 @@ fn audits_time_learned_functions_again_and_revoke_those_grown_long() {
     let spans = Spans::of(&trace);
     spans.assert_nested();
     assert_eq!(spans.named("quick").len(), 50);
+    assert_eq!(spans.0[1]["attributes"]["iota.learn.audit"], true);
 
     // What it showed revokes what was learned: the next version times `quick` again.
     crate::harness::wait_until("the version without it", || info()["generation"] == 2);
