@@ -1018,7 +1018,7 @@ impl Registry {
 
     /// The learning state of a new version, if it learns or audits what it learned (see
     /// [`crate::learning`]).
-    pub(crate) fn learning_for(
+    fn learning_for(
         &self,
         info: &ModuleInfo,
         counters: &Counters,
