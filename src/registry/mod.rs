@@ -1018,11 +1018,7 @@ impl Registry {
 
     /// The learning state of a new version, if it learns or audits what it learned (see
     /// [`crate::learning`]).
-    fn learning_for(
-        &self,
-        info: &ModuleInfo,
-        counters: &Counters,
-    ) -> Option<Mutex<Learning>> {
+    fn learning_for(&self, info: &ModuleInfo, counters: &Counters) -> Option<Mutex<Learning>> {
         let learns = self.learn.enabled
             && info.learn
             && info.timing == "counted"

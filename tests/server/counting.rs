@@ -120,21 +120,22 @@ pub(crate) const LEARNS: &str = r#"(module
     (local.set $acc (call $slow (local.get $acc)))
     (i32.store (i32.const 0) (local.get $acc))))"#;
 
+/// Learning from two runs and 1,000 timed calls, counting the functions whose mean call is at
+/// most 100 µs: thresholds far from the test guests' durations, whatever the machine's load.
+pub(crate) const LEARN_SOON: [&str; 6] = [
+    "--learn-after-runs",
+    "2",
+    "--learn-after-calls",
+    "1000",
+    "--learn-mean-ns",
+    "100000",
+];
+
 #[test]
 fn short_calls_learned_from_runs_are_counted_and_long_calls_stay_spans() {
     let dir = data_dir("learning");
-    // Thresholds far from this guest's durations, whatever the machine's load: `quick` takes
-    // well under 100 µs a call, `slow` well over.
-    let flags = [
-        "--learn-after-runs",
-        "2",
-        "--learn-after-calls",
-        "1000",
-        "--learn-mean-ns",
-        "100000",
-        "--learn-audit-every",
-        "0",
-    ];
+    // `quick` takes well under 100 µs a call, `slow` well over.
+    let flags = [&LEARN_SOON[..], &["--learn-audit-every", "0"]].concat();
     let server = Server::start(&dir, &flags, &[]);
     let wasm = wat::parse_str(LEARNS).unwrap();
     server.upload_ok("m", &wasm);
@@ -245,18 +246,8 @@ const GROWS: &str = r#"(module
 #[test]
 fn audits_time_learned_functions_again_and_revoke_those_grown_long() {
     // `quick` takes well under 100 µs a call with two steps, well over with a million.
-    let flags = [
-        "--learn-after-runs",
-        "2",
-        "--learn-after-calls",
-        "1000",
-        "--learn-mean-ns",
-        "100000",
-        "--learn-min-calls",
-        "10",
-        "--learn-audit-every",
-        "2",
-    ];
+    let audits = ["--learn-min-calls", "10", "--learn-audit-every", "2"];
+    let flags = [&LEARN_SOON[..], &audits].concat();
     let dir = data_dir("auditing");
     let server = Server::start(&dir, &flags, &[]);
     server.upload_ok("m", &wat::parse_str(GROWS).unwrap());

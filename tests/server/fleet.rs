@@ -815,15 +815,10 @@ fn a_version_learned_on_any_server_becomes_every_server_s() {
     let weed = Seaweed::start("learn");
     let bucket = weed.bucket("learn");
     let flags = [
-        "--store-poll-ms",
-        "200",
-        "--learn-after-runs",
-        "2",
-        "--learn-after-calls",
-        "1000",
-        "--learn-mean-ns",
-        "100000",
-    ];
+        &["--store-poll-ms", "200"][..],
+        &crate::counting::LEARN_SOON,
+    ]
+    .concat();
     let [a, b] = ["a", "b"].map(|n| weed.node("learn", n, &flags));
     let uploaded = a.upload_ok("m", &wat::parse_str(crate::counting::LEARNS).unwrap());
     wait_until("the upload to reach B", || info(&b, "m").is_some());
