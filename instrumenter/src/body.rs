@@ -268,9 +268,7 @@ pub(crate) fn rewrite(
     let mut out = Vec::with_capacity(code.len() + 2 * exit.len() + 32);
     let extra_groups: &[(u32, ValType)] = match scratch_needed {
         // The switch's local (`declared + 2`) follows both scratch locals.
-        _ if plan.twin.is_some() && plan.counter.is_some() => {
-            &[(1, ValType::I32), (2, ValType::I64)]
-        }
+        _ if plan.twin.is_some() => &[(1, ValType::I32), (2, ValType::I64)],
         Scratch::None => &[],
         Scratch::I32 => &[(1, ValType::I32)],
         Scratch::Both => &[(1, ValType::I32), (1, ValType::I64)],

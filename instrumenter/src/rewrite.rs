@@ -459,10 +459,13 @@ impl Rewriter<'_, '_> {
         }
         // A twin is its function, traced: it has the function's name (in backtraces, say).
         let named = parsed.map_or(&[][..], |p| &p.functions);
-        for (&slot, twin) in self.twin_slots.iter().zip(self.twin_of.iter().flatten()) {
+        for &slot in &self.twin_slots {
             let index = self.facts.imported_funcs + slot as u32;
-            if let Ok(at) = named.binary_search_by_key(&index, |&(i, _)| i) {
-                functions.append(*twin, named[at].1);
+            if let (Some(twin), Ok(at)) = (
+                self.twin_of[slot],
+                named.binary_search_by_key(&index, |&(i, _)| i),
+            ) {
+                functions.append(twin, named[at].1);
             }
         }
         names.functions(&functions);

@@ -311,4 +311,19 @@ fn switchable_functions_count_until_switched_then_exit_every_frame() {
         defined(&plain_learned.wasm) + 3,
         "one twin each"
     );
+
+    // The twins, last in the module, carry their functions' names (for backtraces).
+    let mut names = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(&out.wasm) {
+        if let wasmparser::Payload::CustomSection(section) = payload.unwrap()
+            && let wasmparser::KnownCustom::Name(reader) = section.as_known()
+        {
+            for name in reader {
+                if let wasmparser::Name::Function(map) = name.unwrap() {
+                    names.extend(map.into_iter().map(|n| n.unwrap().name.to_string()));
+                }
+            }
+        }
+    }
+    assert_eq!(names[names.len() - 3..], ["spin", "tail", "unwound"]);
 }
