@@ -75,6 +75,11 @@ struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with = "time_every_call")]
     count_also: Option<PathBuf>,
 
+    /// With --count-also: count those functions with a plain counter, without the switch (an
+    /// `iota.switch.<id>` export and a traced twin) that lets a host time them again.
+    #[arg(long, requires = "count_also")]
+    no_switch: bool,
+
     /// Keep `.debug_*` and `sourceMappingURL` sections (dropped by default: code offsets move).
     #[arg(long)]
     keep_debug: bool,
@@ -269,7 +274,7 @@ fn instrument_one(cli: &Cli, input: &Path) -> Result<bool> {
                     .with_context(|| format!("{}: `{s}` is not a function id", path.display()))
             })
             .collect::<Result<Vec<_>>>()?;
-        options.count_also(ids);
+        options.count_also(ids).count_also_switch(!cli.no_switch);
     }
     if let Some(path) = &cli.symbol_map {
         let text = std::fs::read_to_string(path)
