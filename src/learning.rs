@@ -144,12 +144,13 @@ impl Learning {
             return None;
         }
         self.runs += 1;
-        // Functions whose calls in this run were long on average (the longest call left out:
+        // In an audit, functions whose calls were long on average (the longest call left out:
         // one call the machine preempted does not make a function long).
         let mut grew = Vec::new();
         for (id, aggregate) in timed {
             let others = aggregate.calls.saturating_sub(1).max(1);
-            if aggregate.calls >= self.settings.min_calls
+            if audited
+                && aggregate.calls >= self.settings.min_calls
                 && aggregate.total_ns.saturating_sub(aggregate.max_ns) / others
                     > self.settings.mean_ns
             {

@@ -44,8 +44,6 @@ pub(crate) struct Rewriter<'a, 'f> {
     /// The slots of the switchable functions, in the order of their twins (which follow every
     /// defined function).
     twin_slots: Vec<usize>,
-    /// Per counted function, in the order of their globals: whether it is switchable.
-    switchable_ids: Vec<bool>,
     globals_written: bool,
     exports_written: bool,
     /// Added to every id passed to the hooks (see `Options::id_base`).
@@ -96,7 +94,6 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             counted_ids: Vec::new(),
             twin_of: Vec::new(),
             twin_slots: Vec::new(),
-            switchable_ids: Vec::new(),
             globals_written: false,
             exports_written: false,
             id_base: 0,
@@ -214,7 +211,6 @@ impl<'a, 'f> Rewriter<'a, 'f> {
                 counted.then(|| {
                     self.counted_ids
                         .push(self.output_function_index(self.facts.imported_funcs + slot as u32));
-                    self.switchable_ids.push(switchable[slot]);
                     next += 1;
                     next - 1
                 })
@@ -246,15 +242,15 @@ impl<'a, 'f> Rewriter<'a, 'f> {
     }
 
     fn write_counter_exports(&mut self, exports: &mut wasm_encoder::ExportSection) {
-        let first = self.facts.globals;
-        for (k, id) in self.counted_ids.iter().enumerate() {
-            let global = first + k as u32;
+        let counted_slots = (self.counters.iter().enumerate())
+            .filter_map(|(slot, global)| global.map(|global| (slot, global)));
+        for (id, (slot, global)) in self.counted_ids.iter().zip(counted_slots) {
             exports.export(
                 &format!("{}{id}", abi::COUNTER_EXPORT_PREFIX),
                 wasm_encoder::ExportKind::Global,
                 global,
             );
-            if self.switchable_ids[k] {
+            if self.twin_of[slot].is_some() {
                 exports.export(
                     &format!("{}{id}", abi::SWITCH_EXPORT_PREFIX),
                     wasm_encoder::ExportKind::Global,
