@@ -115,7 +115,7 @@ impl Version {
                 sampled: true,
                 trace_state: TraceState::default(),
                 coldstart: false,
-                audit: false,
+                audited: 0,
                 version: String::new(),
                 request: Default::default(),
                 response_status: None,

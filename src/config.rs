@@ -181,9 +181,9 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_LEARN_MIN_CALLS", default_value_t = 1_000)]
     pub learn_min_calls: u64,
 
-    /// One run in this many of a learned version, at random, times its learned functions again,
-    /// to check that they stay short (0: never; learned versions then carry no switch, so a learned
-    /// call costs no more than a counted one).
+    /// In each run of a learned version, each learned function is timed again with a chance of
+    /// one in this many, to check that it stays short (0: never; learned versions then carry no
+    /// switch, so a learned call costs no more than a counted one).
     #[arg(long, env = "IOTA_LEARN_AUDIT_EVERY", default_value_t = 100)]
     pub learn_audit_every: u64,
 

@@ -14,12 +14,13 @@
 //! time). Functions with long mean calls stay timed, so calls that take long because they do
 //! much work stay spans.
 //!
-//! What was learned is checked again: one run in [`LearnSettings::audit_every`] of a learned
-//! version, at random, switches its learned functions back to the hooks (the module's counters
-//! double as switches, [`iota_instrument::SWITCH_EXPORT_PREFIX`]: a call runs the function's
-//! traced twin), so that run times them as the first runs did. A learned function whose calls in
-//! an audit are no longer short on average (the longest left out), or that reached the module's
-//! minimum span duration in two audits, is timed again, in a version re-instrumented without it.
+//! What was learned is checked again: in each run of a learned version, each learned function
+//! is audited with a chance of one in [`LearnSettings::audit_every`]: switched back to the hooks
+//! (the module's counters double as switches, [`iota_instrument::SWITCH_EXPORT_PREFIX`]: a call
+//! runs the function's traced twin), so that run times it as the first runs did. A learned
+//! function whose calls in an audit are no longer short on average (the longest left out), or
+//! that reached the module's minimum span duration in two audits, is timed again, in a version
+//! re-instrumented without it.
 
 use std::sync::Arc;
 
@@ -52,7 +53,8 @@ pub struct LearnSettings {
     pub mean_ns: u64,
     /// ... if it made at least this many calls while watched.
     pub min_calls: u64,
-    /// A run of a learned version is an audit with a chance of one in this many (0: none).
+    /// In a run of a learned version, each learned function is audited (timed again) with a
+    /// chance of one in this many (0: never).
     pub audit_every: u64,
 }
 
@@ -123,12 +125,40 @@ impl Learning {
         }
     }
 
-    /// Whether the run about to start is an audit: for a learned version, each run is one with
-    /// a chance of one in [`LearnSettings::audit_every`]. At random, not every n-th run, so that
-    /// no workload that repeats its requests in turn has the same one audited each time.
-    pub fn audits_next_run(&self) -> bool {
+    /// Which of a learned version's `count` learned functions the run about to start times
+    /// again (audits), by their place among them: each with a chance of one in
+    /// [`LearnSettings::audit_every`], on its own. At random, not every n-th run, so that no
+    /// workload that repeats its requests in turn has the same one audited each time; function
+    /// by function, so that what audits cost is spread over the runs (a run times about one
+    /// learned function in `audit_every`) instead of falling on one run in `audit_every`, which
+    /// would then take as long as the first runs did.
+    pub fn audited_next_run(&self, count: usize) -> Vec<usize> {
         let every = self.settings.audit_every;
-        self.learned.is_some() && !self.done && every > 0 && rand::random_range(0..every) == 0
+        if self.learned.is_none() || self.done || every == 0 {
+            return Vec::new();
+        }
+        if every == 1 {
+            return (0..count).collect();
+        }
+        // The gaps between audited functions are geometric: one draw per audited function,
+        // not one per learned function.
+        let stay = 1.0 - 1.0 / every as f64;
+        let mut audited = Vec::new();
+        let mut next = 0usize;
+        loop {
+            let draw: f64 = 1.0 - rand::random::<f64>(); // in (0, 1]
+            let gap = (draw.ln() / stay.ln()).floor();
+            next = next.saturating_add(if gap < count as f64 {
+                gap as usize
+            } else {
+                count
+            });
+            if next >= count {
+                return audited;
+            }
+            audited.push(next);
+            next += 1;
+        }
     }
 
     /// Adds a finished run's totals of the module's functions it timed (`audited`: its learned
@@ -255,25 +285,45 @@ mod tests {
     }
 
     #[test]
-    fn one_run_in_audit_every_is_an_audit() {
-        let learning = Learning::auditing(SETTINGS, vec![1]);
-        let audits = (0..30_000).filter(|_| learning.audits_next_run()).count();
-        // 10,000 expected, with a standard deviation of 82: this is 12 of them either way.
-        assert!((9_000..=11_000).contains(&audits), "{audits} audits");
+    fn each_learned_function_is_audited_in_one_run_in_audit_every_on_its_own() {
+        let learning = Learning::auditing(SETTINGS, vec![1, 2, 3, 4]);
+        let mut audits = [0usize; 4];
+        let mut together = 0;
+        for _ in 0..30_000 {
+            let audited = learning.audited_next_run(4);
+            assert!(audited.windows(2).all(|w| w[0] < w[1]), "{audited:?}");
+            for &k in &audited {
+                audits[k] += 1;
+            }
+            together += usize::from(audited.starts_with(&[0, 1]));
+        }
+        // 10,000 each expected, with a standard deviation of 82: this is 12 of them either
+        // way; both of the first two (3,333 expected, deviation 54) says they are independent.
+        for audits in audits {
+            assert!((9_000..=11_000).contains(&audits), "{audits} audits");
+        }
+        assert!((3_000..=3_700).contains(&together), "{together} together");
         let always = LearnSettings {
             audit_every: 1,
             ..SETTINGS
         };
-        assert!(Learning::auditing(always, vec![1]).audits_next_run());
+        assert_eq!(
+            Learning::auditing(always, vec![1, 2]).audited_next_run(2),
+            [0, 1]
+        );
         assert!(
-            !Learning::new(SETTINGS).audits_next_run(),
+            Learning::new(SETTINGS).audited_next_run(4).is_empty(),
             "a first version"
         );
         let never = LearnSettings {
             audit_every: 0,
             ..SETTINGS
         };
-        assert!(!Learning::auditing(never, vec![1]).audits_next_run());
+        assert!(
+            Learning::auditing(never, vec![1])
+                .audited_next_run(1)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -201,7 +201,7 @@ async fn execute(
                 host_spans: module.host_spans,
                 record_calls: job.trace.sampled,
                 counters: &module.counters.counted,
-                switched,
+                switched: &switched,
                 min_span_ns,
                 http,
                 outgoing_http: &module.info.outgoing_http,
@@ -236,7 +236,7 @@ async fn execute(
             sampled: job.trace.sampled,
             trace_state: job.trace.trace_state.clone(),
             coldstart: !module.warm.swap(true, Ordering::Relaxed),
-            audit: !switched.is_empty(),
+            audited: switched.len(),
             version: module.info.runnable_sha256.clone(),
             request: job.request_line,
             response_status: match &outcome.response {

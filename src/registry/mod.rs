@@ -176,16 +176,18 @@ impl LoadedModule {
         }
     }
 
-    /// The switches to turn on for the run about to start: all of them for an audit, none
-    /// otherwise (see [`crate::learning`]).
-    pub fn switches_for_next_run(&self) -> &[(u32, ModuleExport)] {
-        match &self.learning {
-            Some(learning) if lock(learning).audits_next_run() => &self.counters.switches,
-            _ => &[],
-        }
+    /// The switches to turn on for the run about to start: those of the learned functions it
+    /// audits, each with a chance of one in the audit rate (see [`crate::learning`]).
+    pub fn switches_for_next_run(&self) -> Vec<(u32, ModuleExport)> {
+        let Some(learning) = &self.learning else {
+            return Vec::new();
+        };
+        let switches = &self.counters.switches;
+        let audited = lock(learning).audited_next_run(switches.len());
+        audited.into_iter().map(|k| switches[k]).collect()
     }
 
-    /// Adds a finished run (`audited`: its learned functions were switched to the hooks) to
+    /// Adds a finished run (`audited`: some of its learned functions were switched to the hooks) to
     /// what the version learns; the hook ids to count from now on, once (see
     /// [`crate::learning`]).
     pub fn observe(

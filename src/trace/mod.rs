@@ -109,8 +109,8 @@ pub struct TraceRecord {
     /// The SHA-256 of the module that ran.
     pub version: String,
     coldstart: bool,
-    /// The run timed the module's learned functions again.
-    audit: bool,
+    /// Learned functions the run timed again.
+    audited: usize,
     /// The `tracestate` its spans carry.
     pub trace_state: TraceState,
     names: CallNames,
@@ -287,9 +287,9 @@ pub struct RunFacts {
     pub sampled: bool,
     /// The first run of this module version in this process.
     pub coldstart: bool,
-    /// The run timed the module's learned functions again (an audit, see
+    /// How many of the module's learned functions the run timed again (audited, see
     /// [`crate::learning`]).
-    pub audit: bool,
+    pub audited: usize,
     /// The module version: the SHA-256 of the module that ran.
     pub version: String,
     /// The `tracestate` passed on with the spans.
@@ -348,7 +348,7 @@ impl TraceRecord {
             sampled: facts.sampled,
             version: facts.version,
             coldstart: facts.coldstart,
-            audit: facts.audit,
+            audited: facts.audited,
             trace_state: facts.trace_state,
             module: facts.module,
             names: CallNames::new(
@@ -529,8 +529,8 @@ impl TraceRecord {
             KeyValue::new("iota.recorder.bytes", v.recorder_bytes as i64),
             KeyValue::new("iota.run.memory_bytes", v.run_memory_bytes as i64),
         ];
-        if self.audit {
-            run_attributes.push(KeyValue::new("iota.learn.audit", true));
+        if self.audited > 0 {
+            run_attributes.push(KeyValue::new("iota.learn.audited", self.audited as i64));
         }
         if v.dropped_notes > 0 {
             run_attributes.push(KeyValue::new(

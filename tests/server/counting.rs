@@ -220,12 +220,19 @@ fn short_calls_learned_from_runs_are_counted_and_long_calls_stay_spans() {
 
 /// `_start` reads one byte of stdin. Without an `L`, it calls `$quick` 2,000 times for two
 /// loop steps each; with one, 50 times for a million steps each.
+/// `quick` is called 2,000 times with two steps a call, or 50 times with a million when stdin
+/// starts with `L`; `steady` is called 1,000 times with two steps, whatever the input.
 const GROWS: &str = r#"(module
   (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (func $quick (param $steps i32) (result i32) (local $i i32) (local $acc i32)
     (loop $l
       (local.set $acc (i32.xor (i32.mul (local.get $acc) (i32.const 31)) (local.get $i)))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $steps))))
+    (local.get $acc))
+  (func $steady (param $steps i32) (result i32) (local $i i32) (local $acc i32)
+    (loop $l
+      (local.set $acc (i32.add (i32.mul (local.get $acc) (i32.const 7)) (local.get $i)))
       (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $steps))))
     (local.get $acc))
   (func (export "_start") (local $i i32) (local $acc i32) (local $calls i32) (local $steps i32)
@@ -241,6 +248,10 @@ const GROWS: &str = r#"(module
     (loop $l
       (local.set $acc (i32.add (local.get $acc) (call $quick (local.get $steps))))
       (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $calls))))
+    (local.set $i (i32.const 0))
+    (loop $l
+      (local.set $acc (i32.add (local.get $acc) (call $steady (i32.const 2))))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 1000))))
     (i32.store (i32.const 0) (local.get $acc))))"#;
 
 #[test]
@@ -261,60 +272,67 @@ fn audits_time_learned_functions_again_and_revoke_those_grown_long() {
         assert_eq!(server.run("name=m", "").status(), 200);
     }
     crate::harness::wait_until("the learned version", || info()["generation"] == 1);
-    assert_eq!(info()["learned_functions"], 1);
+    assert_eq!(info()["learned_functions"], 2);
     assert_eq!(info()["learning"], "auditing");
-    assert_eq!(switches(&dir, &info()).len(), 1, "`quick` has a switch");
+    assert_eq!(switches(&dir, &info()).len(), 2, "both have a switch");
 
-    // A run is an audit with a chance of one in two: run until both kinds were seen. An audit
-    // of short calls times them, and keeps them learned.
+    // In each run, each learned function is audited with a chance of one in two, on its own:
+    // run until each was audited while the other was not. An audit of short calls times them
+    // (a span per call), and keeps them learned; the function not audited counts.
     let run = |stdin: &str| {
         let trace = server.trace(&trace_id_of(&server.run("name=m", stdin)));
-        let audit = trace["spans"][1]["attributes"]["iota.learn.audit"] == true;
-        (trace, audit)
+        let timed = |name| {
+            let timed = function(&trace, name)["timed"] == true;
+            let calls = function(&trace, name)["calls"].as_u64().unwrap() as usize;
+            let spans = Spans::of(&trace).named(name).len();
+            assert_eq!(spans, if timed { calls } else { 0 }, "{name}");
+            timed
+        };
+        let (quick, steady) = (timed("quick"), timed("steady"));
+        let audited = &trace["spans"][1]["attributes"]["iota.learn.audited"];
+        let expected = usize::from(quick) + usize::from(steady);
+        if expected == 0 {
+            assert!(audited.is_null(), "{audited}");
+        } else {
+            assert_eq!(audited, expected, "functions audited");
+        }
+        assert_eq!(function(&trace, "steady")["calls"], 1000);
+        (trace, quick, steady)
     };
-    let (mut counted, mut audited) = (false, false);
-    for _ in 0..100 {
-        let (trace, audit) = run("");
-        let quick = function(&trace, "quick");
-        assert_eq!(quick["calls"], 2000);
-        assert_eq!(quick["timed"], audit, "counted, unless audited");
-        assert_eq!(
-            Spans::of(&trace).named("quick").len(),
-            if audit { 2000 } else { 0 }
-        );
-        (counted, audited) = (counted || !audit, audited || audit);
-        if counted && audited {
+    let mut seen = [false; 2];
+    for _ in 0..200 {
+        let (trace, quick, steady) = run("");
+        assert_eq!(function(&trace, "quick")["calls"], 2000);
+        match (quick, steady) {
+            (true, false) => seen[0] = true,
+            (false, true) => seen[1] = true,
+            _ => {}
+        }
+        if seen == [true, true] {
             break;
         }
     }
-    assert!(
-        counted && audited,
-        "100 runs and not both an audit and a run that is none"
-    );
+    assert_eq!(seen, [true, true], "200 runs and not each audited alone");
     assert_eq!(info()["generation"], 1);
 
-    // The workload changes: `quick`'s calls are long now. Runs that are no audit count them;
-    // the first audit times them, each call a span again.
+    // The workload changes: `quick`'s calls are long now. Runs that do not audit it count
+    // them; the first that does times them, each call a span again.
     let trace = (0..100)
         .find_map(|_| {
-            let (trace, audit) = run("L");
-            let quick = function(&trace, "quick");
-            assert_eq!(quick["calls"], 50);
-            if !audit {
-                assert_eq!(quick["timed"], false);
-                assert!(Spans::of(&trace).named("quick").is_empty());
-            }
-            audit.then_some(trace)
+            let (trace, quick, _) = run("L");
+            assert_eq!(function(&trace, "quick")["calls"], 50);
+            quick.then_some(trace)
         })
-        .expect("an audit within 100 runs");
-    assert_eq!(function(&trace, "quick")["timed"], true);
+        .expect("`quick` audited within 100 runs");
     let spans = Spans::of(&trace);
     spans.assert_nested();
     assert_eq!(spans.named("quick").len(), 50);
 
-    // What it showed revokes what was learned: the next version times `quick` again.
+    // What it showed revokes what was learned of `quick`: the next version times it again,
+    // and still counts `steady`.
     crate::harness::wait_until("the version without it", || info()["generation"] == 2);
-    assert_eq!(info()["learned_functions"], 0);
+    assert_eq!(info()["learned_functions"], 1);
+    assert_eq!(switches(&dir, &info()).len(), 1);
     let trace = server.trace(&trace_id_of(&server.run("name=m", "L")));
     assert_eq!(function(&trace, "quick")["timed"], true);
     assert_eq!(Spans::of(&trace).named("quick").len(), 50);
