@@ -21,6 +21,10 @@
 //! function whose calls in an audit are no longer short on average (the longest left out), or
 //! that reached the module's minimum span duration in two audits, is timed again, in a version
 //! re-instrumented without it.
+//!
+//! A learned version also keeps watching the functions it times, window by window: code the
+//! first runs never reached (another request, another script) is learned too, once its calls
+//! prove far shorter than the threshold and make a good share of the window's timed calls.
 
 use std::sync::Arc;
 
@@ -74,22 +78,62 @@ impl Seen {
 }
 
 /// What one module version's runs showed so far: a first version watches its runs to learn
-/// from; a learned version audits some of its runs.
+/// from; a learned version audits some of its runs, and keeps watching the functions it times.
 #[derive(Debug)]
 pub struct Learning {
     settings: LearnSettings,
     /// For a learned version: the hook ids it counts because an earlier version learned so.
     learned: Option<Vec<u32>>,
-    /// Runs observed (watched, or audited).
-    runs: u64,
-    timed_calls: u64,
-    /// Per hook id.
-    seen: Vec<Seen>,
+    /// Per hook id: the function is one of `learned`.
+    is_learned: Vec<bool>,
+    /// What runs showed of the functions timed in every run, since the window began.
+    window: Window,
+    /// What audits showed of the learned functions, per hook id.
+    audits: Vec<Seen>,
     done: bool,
     /// Learning found functions to count, or to time again (and asked for a re-instrumented
     /// version).
     taught: bool,
 }
+
+/// Runs watched since a point, and what they showed of the functions they timed.
+#[derive(Debug, Default)]
+struct Window {
+    runs: u64,
+    timed_calls: u64,
+    /// Per hook id.
+    seen: Vec<Seen>,
+}
+
+impl Window {
+    fn full(&self, settings: &LearnSettings) -> bool {
+        self.runs >= settings.after_runs && self.timed_calls >= settings.after_calls
+    }
+
+    fn seen(&self, id: u32) -> Seen {
+        self.seen.get(id as usize).copied().unwrap_or_default()
+    }
+}
+
+/// Adds one run's `aggregate` of function `id` to `seen`.
+fn add(seen: &mut Vec<Seen>, id: u32, aggregate: &Aggregate, min_span_ns: u64) {
+    if seen.len() <= id as usize {
+        seen.resize(id as usize + 1, Seen::default());
+    }
+    let seen = &mut seen[id as usize];
+    seen.calls += aggregate.calls;
+    seen.total_ns += aggregate.total_ns;
+    seen.long_runs += u64::from(min_span_ns > 0 && aggregate.max_ns >= min_span_ns);
+}
+
+/// A learned version learns more only from functions this many times shorter on average than
+/// [`LearnSettings::mean_ns`]: a function timed again because it grew long is not learned back
+/// as soon as it is a little shorter.
+const RELEARN_MARGIN: u64 = 4;
+
+/// ... and only if they made at least one timed call in this many of the window's: a version
+/// costs a compile, which a few borderline functions do not repay.
+const RELEARN_SHARE: u64 = 4;
 
 impl Learning {
     /// Watches a first version.
@@ -97,29 +141,40 @@ impl Learning {
         Self::with(settings, None)
     }
 
-    /// Audits a version that counts the functions `learned` because an earlier one learned so.
+    /// Audits a version that counts the functions `learned` because an earlier one learned
+    /// so, and watches the functions it times.
     pub fn auditing(settings: LearnSettings, learned: Vec<u32>) -> Self {
         Self::with(settings, Some(learned))
     }
 
     fn with(settings: LearnSettings, learned: Option<Vec<u32>>) -> Self {
+        let mut is_learned = Vec::new();
+        for &id in learned.iter().flatten() {
+            if is_learned.len() <= id as usize {
+                is_learned.resize(id as usize + 1, false);
+            }
+            is_learned[id as usize] = true;
+        }
         Learning {
             settings,
             learned,
-            runs: 0,
-            timed_calls: 0,
-            seen: Vec::new(),
+            is_learned,
+            window: Window::default(),
+            audits: Vec::new(),
             done: false,
             taught: false,
         }
     }
 
     /// Where learning stands: `watching` runs, `re-instrumenting` with what they taught, or
-    /// `nothing to learn`; for a learned version, `auditing`.
+    /// `nothing to learn`; for a learned version, `auditing` (or `watching`, where it does
+    /// not audit).
     pub fn state(&self) -> &'static str {
         match (self.done, self.taught, &self.learned) {
-            (false, _, None) => "watching",
-            (false, _, Some(_)) => "auditing",
+            (false, _, Some(learned)) if self.settings.audit_every > 0 && !learned.is_empty() => {
+                "auditing"
+            }
+            (false, _, _) => "watching",
             (true, true, _) => "re-instrumenting",
             (true, false, _) => "nothing to learn",
         }
@@ -161,63 +216,77 @@ impl Learning {
         }
     }
 
-    /// Adds a finished run's totals of the module's functions it timed (`audited`: its learned
-    /// functions were timed too; calls from `min_span_ns` on are spans, 0: every call). Once
-    /// enough is seen, and only once, the hook ids to count from now on.
+    /// Adds a finished run's totals of the module's functions it timed (`audited`: some of its
+    /// learned functions were timed too; calls from `min_span_ns` on are spans, 0: every call).
+    /// Once what was seen says so, and only once, the hook ids to count from now on:
+    ///
+    /// - a first version, once its window is full (enough runs and timed calls): the functions
+    ///   whose calls proved short, none of them as long as the minimum span duration;
+    /// - a learned version, after an audit that showed learned functions grown long: the others;
+    /// - a learned version, once a window of its timed functions is full and some of them
+    ///   proved far shorter than the threshold (code the first runs never reached, say), with
+    ///   at least a quarter of the window's timed calls between them: those too. Otherwise the
+    ///   next window starts.
     pub fn observe(
         &mut self,
         timed: impl IntoIterator<Item = (u32, Aggregate)>,
         audited: bool,
         min_span_ns: u64,
     ) -> Option<Vec<u32>> {
-        if self.done || (self.learned.is_some() && !audited) {
+        if self.done {
             return None;
         }
-        self.runs += 1;
-        // In an audit, functions whose calls were long on average (the longest call left out:
-        // one call the machine preempted does not make a function long).
+        self.window.runs += 1;
+        // In an audit, learned functions whose calls were long on average (the longest call
+        // left out: one call the machine preempted does not make a function long).
         let mut grew = Vec::new();
         for (id, aggregate) in timed {
-            let others = aggregate.calls.saturating_sub(1).max(1);
-            if audited
-                && aggregate.calls >= self.settings.min_calls
-                && aggregate.total_ns.saturating_sub(aggregate.max_ns) / others
-                    > self.settings.mean_ns
-            {
-                grew.push(id);
+            if self.is_learned.get(id as usize).copied().unwrap_or(false) {
+                let others = aggregate.calls.saturating_sub(1).max(1);
+                if audited
+                    && aggregate.calls >= self.settings.min_calls
+                    && aggregate.total_ns.saturating_sub(aggregate.max_ns) / others
+                        > self.settings.mean_ns
+                {
+                    grew.push(id);
+                }
+                add(&mut self.audits, id, &aggregate, min_span_ns);
+            } else {
+                add(&mut self.window.seen, id, &aggregate, min_span_ns);
+                self.window.timed_calls += aggregate.calls;
             }
-            if self.seen.len() <= id as usize {
-                self.seen.resize(id as usize + 1, Seen::default());
-            }
-            let seen = &mut self.seen[id as usize];
-            seen.calls += aggregate.calls;
-            seen.total_ns += aggregate.total_ns;
-            seen.long_runs += u64::from(min_span_ns > 0 && aggregate.max_ns >= min_span_ns);
-            self.timed_calls += aggregate.calls;
         }
-        let seen = |id: u32| self.seen.get(id as usize).copied().unwrap_or_default();
         let counted = match &self.learned {
             None => {
-                if self.runs < self.settings.after_runs
-                    || self.timed_calls < self.settings.after_calls
-                {
+                if !self.window.full(&self.settings) {
                     return None;
                 }
-                (0..self.seen.len() as u32)
-                    .filter(|&id| seen(id).short(&self.settings) && seen(id).long_runs == 0)
+                let window = &self.window;
+                (0..window.seen.len() as u32)
+                    .filter(|&id| {
+                        window.seen(id).short(&self.settings) && window.seen(id).long_runs == 0
+                    })
                     .collect::<Vec<_>>()
             }
             Some(learned) => {
-                let still_short = |id: u32| !grew.contains(&id) && seen(id).long_runs < 2;
-                let kept: Vec<u32> = learned
+                let audits = |id: u32| self.audits.get(id as usize).copied().unwrap_or_default();
+                let still_short = |id: u32| !grew.contains(&id) && audits(id).long_runs < 2;
+                let mut counted: Vec<u32> = learned
                     .iter()
                     .copied()
                     .filter(|&id| still_short(id))
                     .collect();
-                if kept.len() == learned.len() {
+                let revoked = counted.len() < learned.len();
+                let more = self.more_to_learn();
+                if !revoked && more.is_empty() {
+                    if self.window.full(&self.settings) {
+                        self.window = Window::default();
+                    }
                     return None;
                 }
-                kept
+                counted.extend(more);
+                counted.sort_unstable();
+                counted
             }
         };
         self.done = true;
@@ -225,6 +294,27 @@ impl Learning {
         // revoked everything does (its next version times them all).
         self.taught = !counted.is_empty() || self.learned.is_some();
         self.taught.then_some(counted)
+    }
+
+    /// For a learned version whose window is full: its timed functions short enough, and
+    /// called enough, to learn too (see [`Self::observe`]).
+    fn more_to_learn(&self) -> Vec<u32> {
+        let window = &self.window;
+        if !window.full(&self.settings) {
+            return Vec::new();
+        }
+        let far_shorter = LearnSettings {
+            mean_ns: self.settings.mean_ns / RELEARN_MARGIN,
+            ..self.settings
+        };
+        let more: Vec<u32> = (0..window.seen.len() as u32)
+            .filter(|&id| window.seen(id).short(&far_shorter) && window.seen(id).long_runs == 0)
+            .collect();
+        let calls: u64 = more.iter().map(|&id| window.seen(id).calls).sum();
+        if calls.saturating_mul(RELEARN_SHARE) < window.timed_calls {
+            return Vec::new();
+        }
+        more
     }
 
     /// Forgets that learning was done, so a later run can ask again (the attempt failed).
@@ -354,6 +444,49 @@ mod tests {
         let preempted = run(&[(1, 1000, 50, 4_000_000)]);
         assert_eq!(learning.observe(preempted, true, 0), None);
         assert_eq!(learning.state(), "auditing");
+    }
+
+    #[test]
+    fn learned_versions_learn_what_later_runs_show_far_shorter() {
+        let mut learning = Learning::auditing(SETTINGS, vec![1]);
+        // 2 is new and far shorter than the threshold, with half the timed calls.
+        let runs = run(&[(2, 100, 50, 60), (3, 100, 50_000, 60_000)]);
+        assert_eq!(learning.observe(runs.clone(), false, 0), None, "one run");
+        assert_eq!(learning.observe(runs, false, 0), Some(vec![1, 2]));
+        assert_eq!(learning.state(), "re-instrumenting");
+    }
+
+    #[test]
+    fn learned_versions_do_not_learn_borderline_or_rare_functions() {
+        let mut learning = Learning::auditing(SETTINGS, vec![1]);
+        // 2 is short, but not four times shorter than the threshold (as one timed again
+        // because it grew long could be); 4 is far shorter, but a few calls in a thousand.
+        let window = run(&[
+            (2, 100, 500, 600),
+            (3, 1000, 50_000, 60_000),
+            (4, 10, 50, 60),
+        ]);
+        for _ in 0..4 {
+            assert_eq!(learning.observe(window.clone(), false, 0), None);
+        }
+        assert_eq!(learning.state(), "auditing");
+        // A later window starts afresh: 2 became far shorter, with most of its timed calls.
+        let later = run(&[(2, 2000, 100, 200), (3, 100, 50_000, 60_000)]);
+        assert_eq!(learning.observe(later.clone(), false, 0), None);
+        assert_eq!(learning.observe(later, false, 0), Some(vec![1, 2]));
+    }
+
+    #[test]
+    fn a_learned_version_that_does_not_audit_still_watches() {
+        let never = LearnSettings {
+            audit_every: 0,
+            ..SETTINGS
+        };
+        let mut learning = Learning::auditing(never, vec![1]);
+        assert_eq!(learning.state(), "watching");
+        let runs = run(&[(2, 100, 50, 60)]);
+        learning.observe(runs.clone(), false, 0);
+        assert_eq!(learning.observe(runs, false, 0), Some(vec![1, 2]));
     }
 
     #[test]

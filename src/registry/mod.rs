@@ -167,7 +167,8 @@ pub struct LoadedModule {
 impl LoadedModule {
     /// Where learning which calls are short stands for this version (see
     /// [`Learning::state`]): `learned` for a version made from what its predecessor learned
-    /// that does not audit, `off` where it does not learn.
+    /// that no longer learns (the server's learning turned off since), `off` where it does not
+    /// learn.
     pub fn learning_state(&self) -> &'static str {
         match &self.learning {
             Some(learning) => lock(learning).state(),
@@ -870,7 +871,7 @@ impl Registry {
         )?;
         Ok(Prepared {
             module: LoadedModule {
-                learning: self.learning_for(&info, &counters),
+                learning: self.learning_for(&info, learned_ids(&functions)),
                 info,
                 pre,
                 names,
@@ -1018,9 +1019,10 @@ impl Registry {
         )))
     }
 
-    /// The learning state of a new version, if it learns or audits what it learned (see
-    /// [`crate::learning`]).
-    fn learning_for(&self, info: &ModuleInfo, counters: &Counters) -> Option<Mutex<Learning>> {
+    /// The learning state of a new version, if it learns (see [`crate::learning`]): a first
+    /// version watches its runs; a learned one (counting the functions `learned` because an
+    /// earlier version learned so) audits what it learned and watches what it times.
+    fn learning_for(&self, info: &ModuleInfo, learned: Vec<u32>) -> Option<Mutex<Learning>> {
         let learns = self.learn.enabled
             && info.learn
             && info.timing == "counted"
@@ -1031,9 +1033,7 @@ impl Registry {
         if info.generation == 0 {
             return Some(Mutex::new(Learning::new(self.learn)));
         }
-        let learned: Vec<u32> = counters.switches.iter().map(|(id, _)| *id).collect();
-        let audits = self.learn.audit_every > 0 && !learned.is_empty();
-        audits.then(|| Mutex::new(Learning::auditing(self.learn, learned)))
+        Some(Mutex::new(Learning::auditing(self.learn, learned)))
     }
 
     /// Re-instruments `name`'s version `from` with the functions `ids` counted, and makes it
@@ -1204,6 +1204,16 @@ fn joined_names(
 }
 
 /// Function names and locations indexed by hook id (none for a module that reports no calls).
+/// The hook ids of the functions `functions` (a function map) counts because runs showed them
+/// short.
+fn learned_ids(functions: &[FunctionEntry]) -> Vec<u32> {
+    functions
+        .iter()
+        .filter(|f| f.timing == iota_instrument::Timing::Learned)
+        .map(|f| f.id)
+        .collect()
+}
+
 fn names_by_id(functions: &[FunctionEntry], tracing: Tracing) -> Vec<Option<StoredName>> {
     if tracing == Tracing::None {
         return Vec::new();

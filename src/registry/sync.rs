@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use futures_util::StreamExt;
 
+use iota_instrument::FunctionEntry;
+
 use super::{
     Current, Failure, Link, LoadedModule, ModuleInfo, Registry, Seen, StoredName, Unverified,
-    is_sha256, lock, split_names, validate_name,
+    is_sha256, learned_ids, lock, split_names, validate_name,
 };
+use crate::runtime::Counters;
 use crate::runtime::component::{Kind, Program};
 use crate::store::collect::{self, Collected, LEASE_REFRESH, Lease, VersionRefs};
 use crate::store::{ContentKey, Expect, Pointers, StoreError, Tag};
@@ -156,6 +159,23 @@ impl Registry {
         }
     }
 
+    /// The functions a learned version `info` counts because runs showed them short, from its
+    /// stored function map; where that cannot be read, those with a switch (all of them,
+    /// unless the version was compiled without).
+    async fn stored_learned_ids(&self, info: &ModuleInfo, counters: &Counters) -> Vec<u32> {
+        let key = ContentKey::Functions(info.runnable_sha256.clone());
+        let map = match self.cache.file(self.store.as_ref(), &key).await {
+            Ok(Some(file)) => std::fs::read(file)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Vec<FunctionEntry>>(&bytes).ok()),
+            _ => None,
+        };
+        match map {
+            Some(functions) => learned_ids(&functions),
+            None => counters.switches.iter().map(|(id, _)| *id).collect(),
+        }
+    }
+
     /// Loads the version `value` of `name`: its names and its code for this engine.
     async fn load(&self, name: &str, value: &[u8]) -> Result<LoadedModule, StoreError> {
         let mut info: ModuleInfo = serde_json::from_slice(value)
@@ -187,8 +207,13 @@ impl Registry {
             .link(&program, info.trap_unknown_imports, host_spans)?
             .map_err(anyhow::Error::msg)?;
         info.entry = entry;
+        let learned = if info.generation > 0 {
+            self.stored_learned_ids(&info, &counters).await
+        } else {
+            Vec::new()
+        };
         Ok(LoadedModule {
-            learning: self.learning_for(&info, &counters),
+            learning: self.learning_for(&info, learned),
             info,
             pre,
             names,

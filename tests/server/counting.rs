@@ -174,8 +174,9 @@ fn short_calls_learned_from_runs_are_counted_and_long_calls_stay_spans() {
         .unwrap();
     assert_eq!(info["learned_functions"], 1);
     assert_eq!(timing_of("m", "quick"), "learned");
-    // No audits: the learned function counts with a plain counter, no switch.
-    assert_eq!(info["learning"], "learned");
+    // No audits: the learned function counts with a plain counter, no switch; the version
+    // still watches the functions it times.
+    assert_eq!(info["learning"], "watching");
     assert!(switches(&dir, &info).is_empty());
     assert_eq!(timing_of("m", "slow"), serde_json::json!({"timed": "loop"}));
 
@@ -216,6 +217,83 @@ fn short_calls_learned_from_runs_are_counted_and_long_calls_stay_spans() {
     assert_eq!(info["generation"], 1);
     let trace = server.trace(&trace_id_of(&server.run("name=m", "")));
     assert_eq!(function(&trace, "quick")["timed"], false);
+}
+
+/// `_start` calls `$quick` (a two-step loop) 2,000 times; if stdin starts with `N`, also
+/// `$late` (another) 2,000 times.
+const LATE: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $quick (param $n i32) (result i32) (local $i i32)
+    (loop $l
+      (local.set $n (i32.add (local.get $n) (i32.const 3)))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 2))))
+    (local.get $n))
+  (func $late (param $n i32) (result i32) (local $i i32)
+    (loop $l
+      (local.set $n (i32.mul (local.get $n) (i32.const 5)))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 2))))
+    (local.get $n))
+  (func (export "_start") (local $i i32) (local $acc i32)
+    (i32.store (i32.const 16) (i32.const 32))
+    (i32.store (i32.const 20) (i32.const 1))
+    (drop (call $fd_read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (loop $l
+      (local.set $acc (call $quick (local.get $acc)))
+      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 2000))))
+    (if (i32.eq (i32.load8_u (i32.const 32)) (i32.const 78))
+      (then
+        (local.set $i (i32.const 0))
+        (loop $l
+          (local.set $acc (call $late (local.get $acc)))
+          (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 2000))))))
+    (i32.store (i32.const 0) (local.get $acc))))"#;
+
+#[test]
+fn learned_versions_learn_the_short_calls_of_code_later_runs_reach() {
+    let dir = data_dir("learning-late");
+    let flags = [&LEARN_SOON[..], &["--learn-audit-every", "0"]].concat();
+    let server = Server::start(&dir, &flags, &[]);
+    server.upload_ok("m", &wat::parse_str(LATE).unwrap());
+    let info = |server: &Server| {
+        server
+            .get("/modules/m")
+            .json::<serde_json::Value>()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        assert_eq!(server.run("name=m", "").status(), 200);
+    }
+    crate::harness::wait_until("the learned version", || info(&server)["generation"] == 1);
+    assert_eq!(
+        info(&server)["learned_functions"],
+        1,
+        "`late` was never called"
+    );
+
+    // After a restart (the learned version's learned functions come from its stored function
+    // map), runs reach `late`: its calls prove short, and the next version counts it too.
+    server.stop();
+    let server = Server::start(&dir, &flags, &[]);
+    assert_eq!(info(&server)["learning"], "watching");
+    let trace = server.trace(&trace_id_of(&server.run("name=m", "N")));
+    assert_eq!(function(&trace, "late")["timed"], true);
+    assert_eq!(Spans::of(&trace).named("late").len(), 2000);
+    assert_eq!(server.run("name=m", "N").status(), 200);
+    crate::harness::wait_until("the version that learned more", || {
+        info(&server)["generation"] == 2
+    });
+    assert_eq!(info(&server)["learned_functions"], 2);
+    let trace = server.trace(&trace_id_of(&server.run("name=m", "N")));
+    for name in ["quick", "late"] {
+        let f = function(&trace, name);
+        assert_eq!(
+            (f["calls"].as_u64(), &f["timed"]),
+            (Some(2000), &false.into()),
+            "{name}"
+        );
+        assert!(Spans::of(&trace).named(name).is_empty(), "{name}");
+    }
 }
 
 /// `_start` reads one byte of stdin. Without an `L`, it calls `$quick` 2,000 times for two
