@@ -64,28 +64,42 @@ run = t["spans"][1]["attributes"]
 print(t["spans"][1]["duration_ns"] / 1e9, run.get("iota.calls.total", 0), run.get("iota.calls.counted", 0))'
 }
 
-# Warm-up: three rounds of every program (the traced versions learn from them: the server
-# watches a version's first three runs by default), then wait for the re-instrumented versions.
-for _ in 1 2 3; do
+# warm_round: one run of every program in each of its versions.
+warm_round() {
   for p in "${programs[@]}"; do
     read -r _ module query stdin <<<"$p"
     for variant in "$module" "$module-plain" "$module-every" "$module-static"; do
       run "$variant" "$query" "$stdin" >/dev/null
     done
   done
-done
-for module in py yosys boolector count_vowels; do
-  # Until the re-instrumented version serves (a version still watching made too few calls to
-  # learn from, and keeps its timing).
+}
+# learned_state: every traced module's generation and learning state, on one line.
+learned_state() {
+  for module in py yosys boolector count_vowels; do
+    curl -sf "$url/modules/$module" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["generation"], m["learning"], end=" ")'
+  done
+}
+# Warm-up: three rounds of every program (the traced versions learn from them: the server
+# watches a version's first three runs by default). A learned version keeps watching what it
+# times and may learn more: more rounds, each after the re-instrumented versions serve, until
+# one round changes no version (at most ten).
+for _ in 1 2 3; do warm_round; done
+before=
+for _ in $(seq 10); do
   for _ in $(seq 1200); do
-    state=$(curl -sf "$url/modules/$module" | python3 -c 'import json,sys; print(json.load(sys.stdin)["learning"])')
-    [ "$state" = re-instrumenting ] || break
+    state=$(learned_state)
+    [[ $state == *re-instrumenting* ]] || break
     sleep 0.5
   done
+  [ "$state" = "$before" ] && break
+  before=$state
+  warm_round
+done
+for module in py yosys boolector count_vowels; do
   curl -sf "$url/modules/$module" | python3 -c '
 import json, sys
 m = json.load(sys.stdin)
-print("%s: %s, %d functions, %d counted (%d learned from its first runs)" % (m["name"], m["learning"], m["functions"], m["counted_functions"], m["learned_functions"]))'
+print("%s: generation %d, %s, %d functions, %d counted (%d learned from its runs)" % (m["name"], m["generation"], m["learning"], m["functions"], m["counted_functions"], m["learned_functions"]))'
 done
 
 printf '\n| program | untraced | every call timed | static counting | + learned (default) | calls per run | counted (default) |\n|---|---|---|---|---|---|---|\n'
