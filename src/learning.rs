@@ -22,9 +22,9 @@
 //! that reached the module's minimum span duration in two audits, is timed again, in a version
 //! re-instrumented without it.
 //!
-//! A learned version also keeps watching the functions it times, window by window: code the
-//! first runs never reached (another request, another script) is learned too, once its calls
-//! prove far shorter than the threshold and make a good share of the window's timed calls.
+//! Every version keeps watching the functions it times, window by window: code the first runs
+//! never reached (another request, another script) is learned too, once its calls prove far
+//! shorter than the threshold and make a good share of the window's timed calls.
 
 use std::sync::Arc;
 
@@ -88,12 +88,13 @@ pub struct Learning {
     is_learned: Vec<bool>,
     /// What runs showed of the functions timed in every run, since the window began.
     window: Window,
+    /// Windows that taught nothing.
+    windows: u64,
     /// What audits showed of the learned functions, per hook id.
     audits: Vec<Seen>,
+    /// Learning found functions to count, or to time again, and asked for a re-instrumented
+    /// version.
     done: bool,
-    /// Learning found functions to count, or to time again (and asked for a re-instrumented
-    /// version).
-    taught: bool,
 }
 
 /// Runs watched since a point, and what they showed of the functions they timed.
@@ -160,23 +161,19 @@ impl Learning {
             learned,
             is_learned,
             window: Window::default(),
+            windows: 0,
             audits: Vec::new(),
             done: false,
-            taught: false,
         }
     }
 
-    /// Where learning stands: `watching` runs, `re-instrumenting` with what they taught, or
-    /// `nothing to learn`; for a learned version, `auditing` (or `watching`, where it does
-    /// not audit).
+    /// Where learning stands: `re-instrumenting` with what runs taught; else, for a learned
+    /// version that audits, `auditing`, and `watching` for any other.
     pub fn state(&self) -> &'static str {
-        match (self.done, self.taught, &self.learned) {
-            (false, _, Some(learned)) if self.settings.audit_every > 0 && !learned.is_empty() => {
-                "auditing"
-            }
-            (false, _, _) => "watching",
-            (true, true, _) => "re-instrumenting",
-            (true, false, _) => "nothing to learn",
+        match &self.learned {
+            _ if self.done => "re-instrumenting",
+            Some(learned) if self.settings.audit_every > 0 && !learned.is_empty() => "auditing",
+            _ => "watching",
         }
     }
 
@@ -220,13 +217,15 @@ impl Learning {
     /// learned functions were timed too; calls from `min_span_ns` on are spans, 0: every call).
     /// Once what was seen says so, and only once, the hook ids to count from now on:
     ///
-    /// - a first version, once its window is full (enough runs and timed calls): the functions
-    ///   whose calls proved short, none of them as long as the minimum span duration;
+    /// - a first version, once its first window is full (enough runs and timed calls): the
+    ///   functions whose calls proved short, none of them as long as the minimum span duration;
     /// - a learned version, after an audit that showed learned functions grown long: the others;
-    /// - a learned version, once a window of its timed functions is full and some of them
-    ///   proved far shorter than the threshold (code the first runs never reached, say), with
-    ///   at least a quarter of the window's timed calls between them: those too. Otherwise the
-    ///   next window starts.
+    /// - any version, once a later window of its timed functions is full (for a learned
+    ///   version, its first too) and some of them proved far shorter than the threshold (code
+    ///   the first runs never reached, say), with at least a quarter of the window's timed
+    ///   calls between them: those too.
+    ///
+    /// A window that teaches nothing is followed by the next.
     pub fn observe(
         &mut self,
         timed: impl IntoIterator<Item = (u32, Aggregate)>,
@@ -262,11 +261,20 @@ impl Learning {
                     return None;
                 }
                 let window = &self.window;
-                (0..window.seen.len() as u32)
-                    .filter(|&id| {
-                        window.seen(id).short(&self.settings) && window.seen(id).long_runs == 0
-                    })
-                    .collect::<Vec<_>>()
+                let counted = if self.windows == 0 {
+                    (0..window.seen.len() as u32)
+                        .filter(|&id| {
+                            window.seen(id).short(&self.settings) && window.seen(id).long_runs == 0
+                        })
+                        .collect()
+                } else {
+                    self.more_to_learn()
+                };
+                if counted.is_empty() {
+                    self.next_window();
+                    return None;
+                }
+                counted
             }
             Some(learned) => {
                 let audits = |id: u32| self.audits.get(id as usize).copied().unwrap_or_default();
@@ -280,7 +288,7 @@ impl Learning {
                 let more = self.more_to_learn();
                 if !revoked && more.is_empty() {
                     if self.window.full(&self.settings) {
-                        self.window = Window::default();
+                        self.next_window();
                     }
                     return None;
                 }
@@ -289,11 +297,16 @@ impl Learning {
                 counted
             }
         };
+        // (A learned version that revoked everything asks too: its next version times them
+        // all.)
         self.done = true;
-        // A first version with nothing short has nothing to teach; a learned one that
-        // revoked everything does (its next version times them all).
-        self.taught = !counted.is_empty() || self.learned.is_some();
-        self.taught.then_some(counted)
+        Some(counted)
+    }
+
+    /// Starts a new window: what the last one showed taught nothing.
+    fn next_window(&mut self) {
+        self.windows += 1;
+        self.window = Window::default();
     }
 
     /// For a learned version whose window is full: its timed functions short enough, and
@@ -320,7 +333,6 @@ impl Learning {
     /// Forgets that learning was done, so a later run can ask again (the attempt failed).
     pub fn retry(&mut self) {
         self.done = false;
-        self.taught = false;
     }
 }
 
@@ -364,6 +376,19 @@ mod tests {
         assert_eq!(learning.observe(runs, false, 0), Some(vec![1]));
         assert_eq!(learning.state(), "re-instrumenting");
         assert_eq!(learning.observe(run(&[(1, 100, 50, 50)]), false, 0), None);
+    }
+
+    #[test]
+    fn a_first_version_whose_first_runs_showed_nothing_short_keeps_watching() {
+        let mut learning = Learning::new(SETTINGS);
+        let long = run(&[(1, 100, 50_000, 60_000)]);
+        assert_eq!(learning.observe(long.clone(), false, 0), None);
+        assert_eq!(learning.observe(long, false, 0), None, "nothing short");
+        assert_eq!(learning.state(), "watching");
+        // Later windows learn what proves far shorter, with a good share of the calls.
+        let later = run(&[(1, 100, 50_000, 60_000), (2, 100, 50, 60)]);
+        assert_eq!(learning.observe(later.clone(), false, 0), None);
+        assert_eq!(learning.observe(later, false, 0), Some(vec![2]));
     }
 
     #[test]
