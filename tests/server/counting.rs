@@ -20,6 +20,26 @@ fn switches(dir: &std::path::Path, module: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// `GET /modules/{name}`.
+fn module_info(server: &Server, name: &str) -> serde_json::Value {
+    server
+        .get(&format!("/modules/{name}"))
+        .json::<serde_json::Value>()
+        .unwrap()
+}
+
+/// Uploads the module `wat` as `m` to a server started with [`LEARN_SOON`], and runs it twice
+/// with an empty stdin, until its learned version serves.
+fn upload_and_learn(server: &Server, wat: &str) {
+    server.upload_ok("m", &wat::parse_str(wat).unwrap());
+    for _ in 0..2 {
+        assert_eq!(server.run("name=m", "").status(), 200);
+    }
+    crate::harness::wait_until("the learned version", || {
+        module_info(server, "m")["generation"] == 1
+    });
+}
+
 fn function<'a>(trace: &'a serde_json::Value, needle: &str) -> &'a serde_json::Value {
     trace["functions"]
         .as_array()
@@ -97,15 +117,25 @@ fn short_functions_are_counted_exactly_and_the_map_says_why() {
     }
 }
 
-/// `_start` calls `$quick` (a two-step loop: the cost model times it) 2,000 times, then
-/// `$slow` (a loop of ten million steps) three times.
-pub(crate) const LEARNS: &str = r#"(module
-  (memory (export "memory") 1)
-  (func $quick (param $n i32) (result i32) (local $i i32)
+/// `$quick`: a two-step loop, so the cost model times it; its calls are short.
+macro_rules! quick {
+    () => {
+        r#"(func $quick (param $n i32) (result i32) (local $i i32)
     (loop $l
       (local.set $n (i32.add (local.get $n) (i32.const 3)))
       (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 2))))
-    (local.get $n))
+    (local.get $n))"#
+    };
+}
+
+/// `_start` calls `$quick` (a two-step loop: the cost model times it) 2,000 times, then
+/// `$slow` (a loop of ten million steps) three times.
+pub(crate) const LEARNS: &str = concat!(
+    r#"(module
+  (memory (export "memory") 1)
+  "#,
+    quick!(),
+    r#"
   (func $slow (param $n i32) (result i32) (local $i i32)
     (loop $l
       (local.set $n (i32.xor (i32.mul (local.get $n) (i32.const 31)) (local.get $i)))
@@ -118,7 +148,8 @@ pub(crate) const LEARNS: &str = r#"(module
     (local.set $acc (call $slow (local.get $acc)))
     (local.set $acc (call $slow (local.get $acc)))
     (local.set $acc (call $slow (local.get $acc)))
-    (i32.store (i32.const 0) (local.get $acc))))"#;
+    (i32.store (i32.const 0) (local.get $acc))))"#
+);
 
 /// Learning from two runs and 1,000 timed calls, counting the functions whose mean call is at
 /// most 100 µs: thresholds far from the test guests' durations, whatever the machine's load.
@@ -221,14 +252,13 @@ fn short_calls_learned_from_runs_are_counted_and_long_calls_stay_spans() {
 
 /// `_start` calls `$quick` (a two-step loop) 2,000 times; if stdin starts with `N`, also
 /// `$late` (another) 2,000 times.
-const LATE: &str = r#"(module
+const LATE: &str = concat!(
+    r#"(module
   (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
-  (func $quick (param $n i32) (result i32) (local $i i32)
-    (loop $l
-      (local.set $n (i32.add (local.get $n) (i32.const 3)))
-      (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 2))))
-    (local.get $n))
+  "#,
+    quick!(),
+    r#"
   (func $late (param $n i32) (result i32) (local $i i32)
     (loop $l
       (local.set $n (i32.mul (local.get $n) (i32.const 5)))
@@ -247,24 +277,16 @@ const LATE: &str = r#"(module
         (loop $l
           (local.set $acc (call $late (local.get $acc)))
           (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 2000))))))
-    (i32.store (i32.const 0) (local.get $acc))))"#;
+    (i32.store (i32.const 0) (local.get $acc))))"#
+);
 
 #[test]
 fn learned_versions_learn_the_short_calls_of_code_later_runs_reach() {
     let dir = data_dir("learning-late");
     let flags = [&LEARN_SOON[..], &["--learn-audit-every", "0"]].concat();
     let server = Server::start(&dir, &flags, &[]);
-    server.upload_ok("m", &wat::parse_str(LATE).unwrap());
-    let info = |server: &Server| {
-        server
-            .get("/modules/m")
-            .json::<serde_json::Value>()
-            .unwrap()
-    };
-    for _ in 0..2 {
-        assert_eq!(server.run("name=m", "").status(), 200);
-    }
-    crate::harness::wait_until("the learned version", || info(&server)["generation"] == 1);
+    let info = |server: &Server| module_info(server, "m");
+    upload_and_learn(&server, LATE);
     assert_eq!(
         info(&server)["learned_functions"],
         1,
@@ -339,17 +361,8 @@ fn audits_time_learned_functions_again_and_revoke_those_grown_long() {
     let flags = [&LEARN_SOON[..], &audits].concat();
     let dir = data_dir("auditing");
     let server = Server::start(&dir, &flags, &[]);
-    server.upload_ok("m", &wat::parse_str(GROWS).unwrap());
-    let info = || {
-        server
-            .get("/modules/m")
-            .json::<serde_json::Value>()
-            .unwrap()
-    };
-    for _ in 0..2 {
-        assert_eq!(server.run("name=m", "").status(), 200);
-    }
-    crate::harness::wait_until("the learned version", || info()["generation"] == 1);
+    let info = || module_info(&server, "m");
+    upload_and_learn(&server, GROWS);
     assert_eq!(info()["learned_functions"], 2);
     assert_eq!(info()["learning"], "auditing");
     assert_eq!(switches(&dir, &info()).len(), 2, "both have a switch");
