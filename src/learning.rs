@@ -330,9 +330,12 @@ impl Learning {
         more
     }
 
-    /// Forgets that learning was done, so a later run can ask again (the attempt failed).
+    /// Forgets that learning was done, so that later runs can ask again (the attempt failed):
+    /// once a new window is full, or an audit shows again what the last one did. Not the next
+    /// run at once: an attempt that keeps failing costs a compile per window, not per run.
     pub fn retry(&mut self) {
         self.done = false;
+        self.window = Window::default();
     }
 }
 
@@ -389,6 +392,22 @@ mod tests {
         let later = run(&[(1, 100, 50_000, 60_000), (2, 100, 50, 60)]);
         assert_eq!(learning.observe(later.clone(), false, 0), None);
         assert_eq!(learning.observe(later, false, 0), Some(vec![2]));
+    }
+
+    #[test]
+    fn after_a_failed_attempt_a_new_window_asks_again() {
+        let mut learning = Learning::new(SETTINGS);
+        let runs = run(&[(1, 100, 50, 60)]);
+        learning.observe(runs.clone(), false, 0);
+        assert_eq!(learning.observe(runs.clone(), false, 0), Some(vec![1]));
+        learning.retry();
+        assert_eq!(learning.state(), "watching");
+        assert_eq!(
+            learning.observe(runs.clone(), false, 0),
+            None,
+            "not at once"
+        );
+        assert_eq!(learning.observe(runs, false, 0), Some(vec![1]));
     }
 
     #[test]

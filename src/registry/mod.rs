@@ -1040,7 +1040,7 @@ impl Registry {
     /// the current version if `from` still is, in the store too (a compare-and-swap against
     /// `from`'s pointer: of several servers learning from one version, the first to finish
     /// switches it, and the others load that). Waits for no one: if the upload queue is full,
-    /// or anything fails, the version learns again from its next runs.
+    /// or anything fails, the version learns again from a new window of runs.
     pub async fn learn(&self, name: &str, from: Arc<LoadedModule>, ids: Vec<u32>) {
         let outcome = async {
             let tag = self
