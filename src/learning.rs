@@ -114,6 +114,14 @@ impl Window {
     fn seen(&self, id: u32) -> Seen {
         self.seen.get(id as usize).copied().unwrap_or_default()
     }
+
+    /// The functions whose calls proved short by `settings`, none of them as long as the
+    /// minimum span duration.
+    fn short(&self, settings: &LearnSettings) -> Vec<u32> {
+        (0..self.seen.len() as u32)
+            .filter(|&id| self.seen(id).short(settings) && self.seen(id).long_runs == 0)
+            .collect()
+    }
 }
 
 /// Adds one run's `aggregate` of function `id` to `seen`.
@@ -260,13 +268,8 @@ impl Learning {
                 if !self.window.full(&self.settings) {
                     return None;
                 }
-                let window = &self.window;
                 let counted = if self.windows == 0 {
-                    (0..window.seen.len() as u32)
-                        .filter(|&id| {
-                            window.seen(id).short(&self.settings) && window.seen(id).long_runs == 0
-                        })
-                        .collect()
+                    self.window.short(&self.settings)
                 } else {
                     self.more_to_learn()
                 };
@@ -320,9 +323,7 @@ impl Learning {
             mean_ns: self.settings.mean_ns / RELEARN_MARGIN,
             ..self.settings
         };
-        let more: Vec<u32> = (0..window.seen.len() as u32)
-            .filter(|&id| window.seen(id).short(&far_shorter) && window.seen(id).long_runs == 0)
-            .collect();
+        let more = window.short(&far_shorter);
         let calls: u64 = more.iter().map(|&id| window.seen(id).calls).sum();
         if calls.saturating_mul(RELEARN_SHARE) < window.timed_calls {
             return Vec::new();

@@ -188,8 +188,8 @@ impl LoadedModule {
         audited.into_iter().map(|k| switches[k]).collect()
     }
 
-    /// Adds a finished run (`audited`: some of its learned functions were switched to the hooks) to
-    /// what the version learns; the hook ids to count from now on, once (see
+    /// Adds a finished run (`audited`: some of its learned functions were switched to the
+    /// hooks) to what the version learns; the hook ids to count from now on, once (see
     /// [`crate::learning`]).
     pub fn observe(
         &self,
@@ -600,11 +600,7 @@ impl Registry {
         let Some(file) = self.health(self.cache.file(self.store.as_ref(), &key).await)? else {
             return Ok(None);
         };
-        let map = std::fs::read(&file)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
-            .with_context(|| format!("reading {}", file.display()))?;
-        Ok(Some(map))
+        Ok(Some(read_json(&file)?))
     }
 
     /// Bytes in the data directory (the cache and compile scratch space; with a directory
@@ -1203,7 +1199,6 @@ fn joined_names(
         .collect()
 }
 
-/// Function names and locations indexed by hook id (none for a module that reports no calls).
 /// The hook ids of the functions `functions` (a function map) counts because runs showed them
 /// short.
 fn learned_ids(functions: &[FunctionEntry]) -> Vec<u32> {
@@ -1214,6 +1209,15 @@ fn learned_ids(functions: &[FunctionEntry]) -> Vec<u32> {
         .collect()
 }
 
+/// Reads the JSON file `path` (the store's copy, in the cache) as a `T`.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    std::fs::read(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// Function names and locations indexed by hook id (none for a module that reports no calls).
 fn names_by_id(functions: &[FunctionEntry], tracing: Tracing) -> Vec<Option<StoredName>> {
     if tracing == Tracing::None {
         return Vec::new();

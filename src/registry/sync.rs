@@ -13,7 +13,7 @@ use iota_instrument::FunctionEntry;
 
 use super::{
     Current, Failure, Link, LoadedModule, ModuleInfo, Registry, Seen, StoredName, Unverified,
-    is_sha256, learned_ids, lock, split_names, validate_name,
+    is_sha256, learned_ids, lock, read_json, split_names, validate_name,
 };
 use crate::runtime::Counters;
 use crate::runtime::component::{Kind, Program};
@@ -165,9 +165,7 @@ impl Registry {
     async fn stored_learned_ids(&self, info: &ModuleInfo, counters: &Counters) -> Vec<u32> {
         let key = ContentKey::Functions(info.runnable_sha256.clone());
         let map = match self.cache.file(self.store.as_ref(), &key).await {
-            Ok(Some(file)) => std::fs::read(file)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<Vec<FunctionEntry>>(&bytes).ok()),
+            Ok(Some(file)) => read_json::<Vec<FunctionEntry>>(&file).ok(),
             _ => None,
         };
         match map {
@@ -192,10 +190,7 @@ impl Registry {
             .file(self.store.as_ref(), &names_key)
             .await?
             .ok_or_else(|| anyhow!("{} is missing from the store", names_key.path()))?;
-        let names: Vec<Option<StoredName>> = std::fs::read(&names_file)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
-            .with_context(|| format!("reading {}", names_file.display()))?;
+        let names: Vec<Option<StoredName>> = read_json(&names_file)?;
         let (names, locations) = split_names(names);
         let program = self.compiled(&info.runnable_sha256, info.kind).await?;
         let host_spans = info.host_spans && self.runtime.host_spans();
