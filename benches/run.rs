@@ -53,7 +53,8 @@ impl Version {
     fn instrumented(runtime: &Runtime, wasm: &[u8], options: &mut Options) -> Self {
         options
             .if_instrumented(IfInstrumented::PassThrough)
-            .unwind_exits(UnwindExits::IfModuleUsesExceptions);
+            .unwind_exits(UnwindExits::IfModuleUsesExceptions)
+            .report_counts(true);
         let out = iota_instrument::instrument(wasm, options).unwrap();
         let len = out
             .functions

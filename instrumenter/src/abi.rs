@@ -31,6 +31,17 @@ pub const COUNTER_EXPORT_PREFIX: &str = "iota.count.";
 /// stays as set.
 pub const SWITCH_EXPORT_PREFIX: &str = "iota.switch.";
 
+/// Import module of [`COUNTS`].
+pub const COUNTS_MODULE: &str = "iota";
+/// Imported by a rewrite asked to [`report_counts`](crate::Options::report_counts): as
+/// `_start` returns, the module calls it with every counter (see [`COUNTER_EXPORT_PREFIX`]), in
+/// pairs of hook id (`i32`) and calls (`i64`), [`COUNTS_PER_CALL`] pairs a call, the last call's
+/// unused pairs with id -1. A host that takes them need not read the counter globals after such
+/// a run; after a trap or an exit, which skip the report, it reads them as before.
+pub const COUNTS: &str = "counts";
+/// Pairs of [`COUNTS`] per call.
+pub const COUNTS_PER_CALL: usize = 7;
+
 /// Custom section that marks a module rewritten by this crate.
 pub const MARKER_SECTION: &str = "iota.instrumented";
 

@@ -44,8 +44,9 @@ mod rewrite;
 mod unwind;
 
 pub use abi::{
-    COUNTER_EXPORT_PREFIX, ENTER, EXIT, HOOK_MODULE, LEGACY_ENTER, LEGACY_EXIT, LEGACY_HOOK_MODULE,
-    LEGACY_MEMORY_GROW, MARKER_SECTION, MEMORY_GROW, SWITCH_EXPORT_PREFIX, is_trace_hook,
+    COUNTER_EXPORT_PREFIX, COUNTS, COUNTS_MODULE, COUNTS_PER_CALL, ENTER, EXIT, HOOK_MODULE,
+    LEGACY_ENTER, LEGACY_EXIT, LEGACY_HOOK_MODULE, LEGACY_MEMORY_GROW, MARKER_SECTION, MEMORY_GROW,
+    SWITCH_EXPORT_PREFIX, is_trace_hook,
 };
 pub use component::{component_features, is_component};
 pub use cost::{TimedBecause, Timing};
@@ -138,6 +139,7 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
         };
     }
 
+    let report_start = reported_start(&facts, options);
     let functions = names.function_map(abi::HOOKS.len() as u32 + options.id_base, |_, names| {
         selector.selects_all() || selector.selects(names)
     });
@@ -148,6 +150,7 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
         selected.clone(),
         options.unwind(),
         options.keeps_debug(),
+        report_start,
     )?;
     rewriter.id_base = options.id_base;
     let mut rewritten = bodies::rewrite_bodies(&rewriter, pending)?;
@@ -207,6 +210,20 @@ pub fn instrument(wasm: &[u8], options: &Options) -> Result<Instrumented> {
         passed_through: false,
         warnings,
     })
+}
+
+/// The defined slot of the `_start` whose export gets a wrapper that reports the counters: when
+/// `options` ask for it, calls can be counted, and `_start` has the command type `[] -> []`.
+fn reported_start(facts: &ModuleFacts<'_>, options: &Options) -> Option<usize> {
+    if !options.reports_counts() || options.timing() == CallTiming::EveryCall {
+        return None;
+    }
+    let slot = facts.exports.iter().position(|e| *e == Some("_start"))?;
+    let ty = facts
+        .types
+        .get(facts.defined_types[slot] as usize)?
+        .as_ref()?;
+    (ty.params.is_empty() && ty.results.is_empty()).then_some(slot)
 }
 
 /// Whether `wasm` already reports to enter/exit hooks: it carries the marker section of

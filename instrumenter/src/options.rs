@@ -54,6 +54,8 @@ pub struct Options {
     count_also: Vec<u32>,
     /// Those functions count with a plain counter, without a switch back to the hooks.
     count_also_without_switch: bool,
+    /// `_start` hands the counters to [`COUNTS`](crate::COUNTS) as it returns.
+    report_counts: bool,
     /// Added to every function id: a component's modules get ids above one another's.
     pub(crate) id_base: u32,
 }
@@ -171,6 +173,20 @@ impl Options {
 
     pub(crate) fn counted_also_switch(&self) -> bool {
         !self.count_also_without_switch
+    }
+
+    /// Whether a module that counts calls and exports a `_start` of type `[] -> []` reports its
+    /// counters as `_start` returns (off by default): the export then names a wrapper that
+    /// calls `_start` and hands every counter to the [`COUNTS`](crate::COUNTS) import, so the
+    /// host reads them from one call rather than global by global. The extra import shifts
+    /// every defined function's index by one; hook ids stay as they are without it.
+    pub fn report_counts(&mut self, report: bool) -> &mut Self {
+        self.report_counts = report;
+        self
+    }
+
+    pub(crate) fn reports_counts(&self) -> bool {
+        self.report_counts
     }
 
     /// Names functions from `map` (it wins over the module's `name` section and DWARF).

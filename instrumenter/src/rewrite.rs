@@ -25,6 +25,11 @@ pub(crate) struct Rewriter<'a, 'f> {
     /// Types appended after the module's own: the hook type, then `[] -> results` wrappers.
     appended_types: Vec<Vec<wasmparser::ValType>>,
     hook_type: u32,
+    /// Function imports the rewrite adds: the hooks, and [`abi::COUNTS`] for a report.
+    hooks: u32,
+    /// The defined slot of `_start`, when its export gets a wrapper that reports the counters
+    /// (see [`abi::COUNTS`]), and the type of that import.
+    report: Option<(usize, u32)>,
     unwind: UnwindExits,
     keep_debug: bool,
     types_written: bool,
@@ -57,6 +62,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         selected: Vec<bool>,
         unwind: UnwindExits,
         keep_debug: bool,
+        report_start: Option<usize>,
     ) -> Result<Self> {
         let hook_type = facts.types.len() as u32;
         let mut appended_types = vec![Vec::new()];
@@ -76,6 +82,8 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             };
             wrapper_block_types.push(block);
         }
+        // The counts import's type follows every other appended type.
+        let report = report_start.map(|slot| (slot, hook_type + appended_types.len() as u32));
         Ok(Rewriter {
             wasm,
             facts,
@@ -83,6 +91,8 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             wrapper_block_types,
             appended_types,
             hook_type,
+            hooks: hook_imports(report_start.is_some()),
+            report,
             unwind,
             keep_debug,
             types_written: false,
@@ -100,7 +110,8 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         })
     }
 
-    /// Index of hook `n` (0 = enter, 1 = exit, 2 = memory-grow) in the output module.
+    /// Index of hook `n` (0 = enter, 1 = exit, 2 = memory-grow, 3 = counts when the rewrite
+    /// reports them) in the output module.
     pub(crate) fn hook_index(&self, n: u32) -> u32 {
         self.facts.imported_funcs + n
     }
@@ -110,8 +121,58 @@ impl<'a, 'f> Rewriter<'a, 'f> {
         if index < self.facts.imported_funcs {
             index
         } else {
+            index + self.hooks
+        }
+    }
+
+    /// The id the hooks get for input function `index` (before `id_base`): its output index
+    /// with the three hooks imported, whether or not the counts import follows them, so that a
+    /// function's id does not depend on whether the rewrite reports its counters.
+    pub(crate) fn hook_id(&self, index: u32) -> u32 {
+        if index < self.facts.imported_funcs {
+            index
+        } else {
             index + abi::HOOKS.len() as u32
         }
+    }
+
+    /// Output index of the wrapper that reports the counters, which follows the twins.
+    fn report_wrapper_index(&self) -> u32 {
+        self.output_function_index(self.facts.imported_funcs)
+            + self.facts.defined_types.len() as u32
+            + self.twin_slots.len() as u32
+    }
+
+    /// The body of the wrapper that stands for `_start` in its export: it calls `_start`, then
+    /// hands every counter to [`abi::COUNTS`], [`abi::COUNTS_PER_CALL`] at a time.
+    fn report_wrapper_body(&self, start_slot: usize) -> Vec<u8> {
+        use wasm_encoder::Instruction;
+        let mut body = wasm_encoder::Function::new([]);
+        body.instruction(&Instruction::Call(
+            self.output_function_index(self.facts.imported_funcs + start_slot as u32),
+        ));
+        let counters: Vec<(u32, u32)> = self
+            .counted_ids
+            .iter()
+            .zip(self.counters.iter().flatten())
+            .map(|(&id, &global)| (id, global))
+            .collect();
+        for chunk in counters.chunks(abi::COUNTS_PER_CALL) {
+            for &(id, global) in chunk {
+                body.instruction(&Instruction::I32Const(id as i32));
+                body.instruction(&Instruction::GlobalGet(global));
+            }
+            for _ in chunk.len()..abi::COUNTS_PER_CALL {
+                body.instruction(&Instruction::I32Const(-1));
+                body.instruction(&Instruction::I64Const(0));
+            }
+            body.instruction(&Instruction::Call(self.hook_index(abi::HOOKS.len() as u32)));
+        }
+        body.instruction(&Instruction::End);
+        let mut bytes = Vec::new();
+        wasm_encoder::Encode::encode(&body, &mut bytes);
+        // `Function` encodes its size first, which the code section adds again.
+        bytes.split_off(bytes.len() - body.byte_len())
     }
 
     fn write_appended_types(&mut self, types: &mut wasm_encoder::TypeSection) -> Result<()> {
@@ -123,6 +184,10 @@ impl<'a, 'f> Rewriter<'a, 'f> {
                 .collect::<Result<Vec<_>>>()?;
             types.ty().function([], results);
         }
+        if self.report.is_some() {
+            let pair = [wasm_encoder::ValType::I32, wasm_encoder::ValType::I64];
+            types.ty().function(pair.repeat(abi::COUNTS_PER_CALL), []);
+        }
         self.types_written = true;
         Ok(())
     }
@@ -130,6 +195,13 @@ impl<'a, 'f> Rewriter<'a, 'f> {
     fn write_hook_imports(&mut self, imports: &mut wasm_encoder::ImportSection) {
         for hook in abi::HOOKS {
             imports.import(abi::HOOK_MODULE, hook, EntityType::Function(self.hook_type));
+        }
+        if let Some((_, counts_type)) = self.report {
+            imports.import(
+                abi::COUNTS_MODULE,
+                abi::COUNTS,
+                EntityType::Function(counts_type),
+            );
         }
         self.imports_written = true;
     }
@@ -180,10 +252,12 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             .iter()
             .map(|b| b.wrapper.map_or(0, Wrapper::labels))
             .collect();
+        let report = self.report.map(|(slot, _)| self.report_wrapper_body(slot));
         self.bodies = bodies
             .into_iter()
             .chain(twins)
             .map(|b| b.bytes)
+            .chain(report)
             .collect::<Vec<_>>()
             .into_iter();
     }
@@ -210,7 +284,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             .map(|(slot, &counted)| {
                 counted.then(|| {
                     self.counted_ids
-                        .push(self.output_function_index(self.facts.imported_funcs + slot as u32));
+                        .push(self.hook_id(self.facts.imported_funcs + slot as u32));
                     next += 1;
                     next - 1
                 })
@@ -270,7 +344,7 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             .expect("validated: a defined function has a function type");
         let counter = self.counters.get(slot).copied().flatten();
         BodyPlan {
-            id: self.output_function_index(index) + self.id_base,
+            id: self.hook_id(index) + self.id_base,
             original_index: index,
             params: sig.params.len() as u32,
             traced: self.selected[slot] && counter.is_none(),
@@ -325,7 +399,21 @@ impl Reencode for Rewriter<'_, '_> {
         exports: &mut wasm_encoder::ExportSection,
         section: wasmparser::ExportSectionReader<'_>,
     ) -> ReencodeResult<()> {
-        utils::parse_export_section(self, exports, section)?;
+        for export in section {
+            let export = export?;
+            let start = self
+                .report
+                .map(|(slot, _)| self.facts.imported_funcs + slot as u32);
+            if export.name == "_start"
+                && export.kind == wasmparser::ExternalKind::Func
+                && Some(export.index) == start
+            {
+                let wrapper = self.report_wrapper_index();
+                exports.export(export.name, wasm_encoder::ExportKind::Func, wrapper);
+            } else {
+                utils::parse_export(self, exports, export)?;
+            }
+        }
         self.write_counter_exports(exports);
         Ok(())
     }
@@ -404,6 +492,9 @@ impl Reencode for Rewriter<'_, '_> {
         for &slot in &self.twin_slots {
             functions.function(self.facts.defined_types[slot]);
         }
+        if let Some((slot, _)) = self.report {
+            functions.function(self.facts.defined_types[slot]);
+        }
         Ok(())
     }
 
@@ -464,6 +555,9 @@ impl Rewriter<'_, '_> {
                 functions.append(twin, named[at].1);
             }
         }
+        if self.report.is_some() {
+            functions.append(self.report_wrapper_index(), REPORT_WRAPPER_NAME);
+        }
         names.functions(&functions);
         for subsection in parsed.map_or(&[][..], |p| &p.others) {
             match subsection {
@@ -511,7 +605,21 @@ impl Rewriter<'_, '_> {
                 &format!("{}#{hook}", abi::HOOK_MODULE),
             );
         }
+        if self.report.is_some() {
+            names.append(
+                self.hook_index(abi::HOOKS.len() as u32),
+                &format!("{}#{}", abi::COUNTS_MODULE, abi::COUNTS),
+            );
+        }
     }
+}
+
+/// Name of the wrapper that reports the counters as `_start` returns.
+const REPORT_WRAPPER_NAME: &str = "_start (iota: counters reported)";
+
+/// How many function imports a rewrite adds: the hooks, and the counts import if it reports.
+fn hook_imports(report: bool) -> u32 {
+    abi::HOOKS.len() as u32 + u32::from(report)
 }
 
 /// Position of a section in the binary format's required order.

@@ -129,7 +129,10 @@ fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {
     // those. So only a module that throws itself needs the handlers that exit on unwind.
     options
         .if_instrumented(IfInstrumented::PassThrough)
-        .unwind_exits(UnwindExits::IfModuleUsesExceptions);
+        .unwind_exits(UnwindExits::IfModuleUsesExceptions)
+        // The host takes the counters from one call as `_start` returns (see
+        // `runtime::read_counters`) rather than reading them global by global.
+        .report_counts(true);
     if args.time_every_call {
         options.call_timing(CallTiming::EveryCall);
     }

@@ -142,6 +142,9 @@ pub struct Recorder {
     unbalanced_span_exits: u64,
     /// Functions whose calls the module counted.
     counted: Vec<u32>,
+    /// Counters the module reported as `_start` returned (see [`iota_instrument::COUNTS`]):
+    /// hook id and calls, at most one a function.
+    reported: Vec<(u32, i64)>,
 }
 
 impl Recorder {
@@ -201,6 +204,7 @@ impl Recorder {
             dropped_notes: 0,
             unbalanced_span_exits: 0,
             counted: Vec::new(),
+            reported: Vec::new(),
         }
     }
 
@@ -345,6 +349,21 @@ impl Recorder {
             aggregate.calls += calls;
             self.counted.push(id);
         }
+    }
+
+    /// Keeps the counters the module reports (pairs of hook id and calls; a negative id pads),
+    /// for [`take_reported`](Self::take_reported). A module has no more counters than
+    /// functions: pairs past that many are dropped.
+    pub fn report_counts(&mut self, pairs: &[(i32, i64)]) {
+        let room = (self.functions as usize).saturating_sub(self.reported.len());
+        let pairs = pairs.iter().filter(|(id, _)| *id >= 0);
+        self.reported
+            .extend(pairs.take(room).map(|&(id, calls)| (id as u32, calls)));
+    }
+
+    /// The counters the module reported, in the order it did.
+    pub fn take_reported(&mut self) -> Vec<(u32, i64)> {
+        std::mem::take(&mut self.reported)
     }
 
     /// Makes room for `functions` more [`count_calls`](Self::count_calls).

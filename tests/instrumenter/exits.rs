@@ -327,3 +327,135 @@ fn switchable_functions_count_until_switched_then_exit_every_frame() {
     }
     assert_eq!(names[names.len() - 3..], ["spin", "tail", "unwound"]);
 }
+
+/// A command whose `_start` calls a provably short `$leaf` twice and `$spin` (timed by the cost
+/// model, counted when asked) once; `other` calls `$leaf` too (and is provably short itself).
+const REPORTS: &str = r#"(module
+  (func $leaf (result i32) (i32.const 1))
+  (func $spin (param $n i32) (result i32)
+    (loop $l
+      (if (i32.eqz (local.get $n)) (then (return (i32.const 7))))
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br $l))
+    (i32.const 0))
+  (func (export "_start")
+    (drop (call $leaf)) (drop (call $leaf)) (drop (call $spin (i32.const 2))))
+  (func (export "other") (drop (call $leaf))))"#;
+
+#[test]
+fn start_reports_every_counter_as_it_returns() {
+    let engine = Engine::new(&config()).unwrap();
+    let wasm = wat::parse_str(REPORTS).unwrap();
+    let plain = instrument(&wasm, &Options::new()).unwrap();
+    let plain_id = |name: &str| plain.functions.iter().find(|f| f.name == name).unwrap().id;
+    let out = instrument(
+        &wasm,
+        Options::new()
+            .count_also([plain_id("spin")])
+            .report_counts(true),
+    )
+    .unwrap();
+    let id = |name: &str| out.functions.iter().find(|f| f.name == name).unwrap().id;
+    // The counts import follows the hooks, and moves every defined function, but no id.
+    assert_eq!(
+        [id("leaf"), id("spin")],
+        [plain_id("leaf"), plain_id("spin")]
+    );
+
+    let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut store = Store::new(&engine, Recorded::default());
+    let mut linker = Linker::new(&engine);
+    link_hooks(&mut linker);
+    let module = Module::new(&engine, &out.wasm).unwrap();
+    let import = module
+        .imports()
+        .find(|i| i.module() == iota_instrument::COUNTS_MODULE)
+        .expect("the counts import");
+    assert_eq!(import.name(), iota_instrument::COUNTS);
+    let ty = import.ty().unwrap_func().clone();
+    let pairs = [wasmtime::ValType::I32, wasmtime::ValType::I64];
+    assert!(ty.results().len() == 0 && ty.params().len() == 2 * iota_instrument::COUNTS_PER_CALL);
+    for (k, param) in ty.params().enumerate() {
+        assert!(param.matches(&pairs[k % 2]), "{ty:?}");
+    }
+    let sink = reports.clone();
+    linker
+        .func_new(
+            iota_instrument::COUNTS_MODULE,
+            iota_instrument::COUNTS,
+            ty,
+            move |_, params, _| {
+                let mut sink = sink.lock().unwrap();
+                for pair in params.chunks(2) {
+                    sink.push((pair[0].unwrap_i32(), pair[1].unwrap_i64()));
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    let instance = linker.instantiate(&mut store, &module).unwrap();
+    let counter = |store: &mut Store<Recorded>, id: u32| {
+        let name = format!("{}{id}", iota_instrument::COUNTER_EXPORT_PREFIX);
+        instance
+            .get_global(&mut *store, &name)
+            .unwrap()
+            .get(&mut *store)
+            .unwrap_i64()
+    };
+
+    // Another export reports nothing: its counts stay in the globals.
+    let other = instance.get_func(&mut store, "other").unwrap();
+    other.call(&mut store, &[], &mut []).unwrap();
+    assert!(reports.lock().unwrap().is_empty());
+    assert_eq!(counter(&mut store, id("leaf")), 1);
+
+    // `_start` reports every counter once, in the order of the counter exports, padded to
+    // whole calls with id -1; the globals hold the same.
+    let start = instance.get_func(&mut store, "_start").unwrap();
+    start.call(&mut store, &[], &mut []).unwrap();
+    let reported = reports.lock().unwrap().clone();
+    assert_eq!(reported.len(), iota_instrument::COUNTS_PER_CALL);
+    let counted: Vec<u32> = module
+        .exports()
+        .filter_map(|e| {
+            e.name()
+                .strip_prefix(iota_instrument::COUNTER_EXPORT_PREFIX)?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(counted, [id("leaf"), id("spin"), id("other")]);
+    assert_eq!(
+        reported[..3],
+        [
+            (id("leaf") as i32, 3),
+            (id("spin") as i32, 1),
+            (id("other") as i32, 1)
+        ]
+    );
+    assert!(
+        reported[3..].iter().all(|&pair| pair == (-1, 0)),
+        "{reported:?}"
+    );
+    for &(id, calls) in &reported[..3] {
+        assert_eq!(counter(&mut store, id as u32), calls);
+    }
+    // `_start` itself is still traced, the only function that is.
+    let events = std::mem::take(&mut store.data_mut().events);
+    assert_eq!(check_nesting(&events, true), Ok(1), "{events:?}");
+
+    // Not asked for, or with every call timed, no report.
+    let mut every_call = Options::new();
+    every_call
+        .call_timing(CallTiming::EveryCall)
+        .report_counts(true);
+    for options in [Options::new(), every_call] {
+        let out = instrument(&wasm, &options).unwrap();
+        let module = Module::new(&engine, &out.wasm).unwrap();
+        assert!(
+            module
+                .imports()
+                .all(|i| i.module() != iota_instrument::COUNTS_MODULE)
+        );
+    }
+}

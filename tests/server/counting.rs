@@ -428,3 +428,62 @@ fn audits_time_learned_functions_again_and_revoke_those_grown_long() {
     assert_eq!(function(&trace, "quick")["timed"], true);
     assert_eq!(Spans::of(&trace).named("quick").len(), 50);
 }
+
+/// A command whose `_start` makes three counted calls of `$leaf`, then ends as `$end` says.
+macro_rules! ends {
+    ($end:literal) => {
+        concat!(
+            r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func $leaf (result i32) (i32.const 1))
+  (func $start (export "_start")
+    (drop (call $leaf)) (drop (call $leaf)) (drop (call $leaf))"#,
+            $end,
+            "))"
+        )
+    };
+}
+
+#[test]
+fn counts_are_exact_whether_start_returns_traps_or_exits() {
+    let server = Server::start(&data_dir("counting-ends"), &[], &[]);
+    // Returning, `_start` hands the counters over; a trap or an exit skips that, and the host
+    // reads them from the module's globals.
+    // `$leaf` is provably short, and so is `_start` unless it calls `proc_exit` (an import).
+    for (name, wat, status, counted) in [
+        ("returns", ends!(""), 200, 2),
+        ("traps", ends!("(unreachable)"), 500, 2),
+        ("exits", ends!("(call $exit (i32.const 0))"), 200, 1),
+    ] {
+        let info = server.upload_ok(name, &wat::parse_str(wat).unwrap());
+        assert_eq!(info["counted_functions"], counted, "{name}");
+        let response = server.run(&format!("name={name}"), "");
+        assert_eq!(response.status(), status, "{name}");
+        let trace = server.trace(&trace_id_of(&response));
+        let leaf = function(&trace, "leaf");
+        assert_eq!(leaf["timed"], false, "{name}");
+        assert_eq!(leaf["calls"], 3, "{name}");
+        assert_eq!(function(&trace, "start")["calls"], 1, "{name}");
+    }
+
+    // What the host takes when `_start` returns is the report, not the globals: a module
+    // instrumented already (so passed through as it is) whose report says 5 calls of `$leaf`
+    // (function 3) while its counter holds 3.
+    let reports = r#"(module
+  (import "dylibso:observe/instrument" "enter" (func $enter (param i32)))
+  (import "dylibso:observe/instrument" "exit" (func $exit (param i32)))
+  (import "iota" "counts" (func $counts
+    (param i32 i64 i32 i64 i32 i64 i32 i64 i32 i64 i32 i64 i32 i64)))
+  (global $leaf_calls (export "iota.count.3") (mut i64) (i64.const 3))
+  (func $leaf)
+  (func $start (export "_start")
+    (call $counts (i32.const 3) (i64.const 5)
+      (i32.const -1) (i64.const 0) (i32.const -1) (i64.const 0) (i32.const -1) (i64.const 0)
+      (i32.const -1) (i64.const 0) (i32.const -1) (i64.const 0) (i32.const -1) (i64.const 0))))"#;
+    server.upload_ok("reports", &wat::parse_str(reports).unwrap());
+    let response = server.run("name=reports", "");
+    assert_eq!(response.status(), 200);
+    let trace = server.trace(&trace_id_of(&response));
+    assert_eq!(function(&trace, "leaf")["calls"], 5);
+}
