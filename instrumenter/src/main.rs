@@ -80,6 +80,11 @@ struct Cli {
     #[arg(long, requires = "count_also")]
     no_switch: bool,
 
+    /// A command's `_start` hands every counter to the `iota`/`counts` import as it returns, so
+    /// that the host need not read the counter globals one by one (the iota server takes them).
+    #[arg(long, conflicts_with = "time_every_call")]
+    report_counts: bool,
+
     /// Keep `.debug_*` and `sourceMappingURL` sections (dropped by default: code offsets move).
     #[arg(long)]
     keep_debug: bool,
@@ -276,6 +281,7 @@ fn instrument_one(cli: &Cli, input: &Path) -> Result<bool> {
             .collect::<Result<Vec<_>>>()?;
         options.count_also(ids).count_also_switch(!cli.no_switch);
     }
+    options.report_counts(cli.report_counts);
     if let Some(path) = &cli.symbol_map {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the symbol map {}", path.display()))?;
