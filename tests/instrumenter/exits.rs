@@ -206,23 +206,34 @@ fn handler_cost_per_call() {
     );
 }
 
-/// Functions the cost model times (a loop, an import call), each counted instead when asked:
-/// `$spin` returns from inside its loop, `$tail` tail-calls it, `$unwound` is unwound by an
-/// exception from its import. `$leaf` is provably short: counted by the cost model.
-const SWITCHED: &str = r#"(module
-  (import "thrower" "throw" (func $throw (param i32)))
-  (import "thrower" "table" (table 1 funcref))
-  (func $spin (param $n i32) (result i32)
+/// `$spin`: counts `$n` down in a loop and returns from inside it (the cost model times it).
+macro_rules! spin {
+    () => {
+        r#"  (func $spin (param $n i32) (result i32)
     (loop $l
       (if (i32.eqz (local.get $n)) (then (return (i32.const 7))))
       (local.set $n (i32.sub (local.get $n) (i32.const 1)))
       (br $l))
     (i32.const 0))
-  (func $tail (param $n i32) (result i32) (loop $l) (return_call $spin (local.get $n)))
+"#
+    };
+}
+
+/// Functions the cost model times (a loop, an import call), each counted instead when asked:
+/// `$spin` returns from inside its loop, `$tail` tail-calls it, `$unwound` is unwound by an
+/// exception from its import. `$leaf` is provably short: counted by the cost model.
+const SWITCHED: &str = concat!(
+    r#"(module
+  (import "thrower" "throw" (func $throw (param i32)))
+  (import "thrower" "table" (table 1 funcref))
+"#,
+    spin!(),
+    r#"  (func $tail (param $n i32) (result i32) (loop $l) (return_call $spin (local.get $n)))
   (func $unwound (param $n i32) (loop $l) (call $throw (local.get $n)))
   (func $leaf (result i32) (i32.const 1))
   (func (export "run") (result i32) (drop (call $leaf)) (call $tail (i32.const 3)))
-  (func (export "throws") (call $unwound (i32.const 1))))"#;
+  (func (export "throws") (call $unwound (i32.const 1))))"#
+);
 
 #[test]
 fn switchable_functions_count_until_switched_then_exit_every_frame() {
@@ -330,17 +341,15 @@ fn switchable_functions_count_until_switched_then_exit_every_frame() {
 
 /// A command whose `_start` calls a provably short `$leaf` twice and `$spin` (timed by the cost
 /// model, counted when asked) once; `other` calls `$leaf` too (and is provably short itself).
-const REPORTS: &str = r#"(module
+const REPORTS: &str = concat!(
+    r#"(module
   (func $leaf (result i32) (i32.const 1))
-  (func $spin (param $n i32) (result i32)
-    (loop $l
-      (if (i32.eqz (local.get $n)) (then (return (i32.const 7))))
-      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
-      (br $l))
-    (i32.const 0))
-  (func (export "_start")
+"#,
+    spin!(),
+    r#"  (func (export "_start")
     (drop (call $leaf)) (drop (call $leaf)) (drop (call $spin (i32.const 2))))
-  (func (export "other") (drop (call $leaf))))"#;
+  (func (export "other") (drop (call $leaf))))"#
+);
 
 #[test]
 fn start_reports_every_counter_as_it_returns() {
