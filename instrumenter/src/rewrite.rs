@@ -25,8 +25,6 @@ pub(crate) struct Rewriter<'a, 'f> {
     /// Types appended after the module's own: the hook type, then `[] -> results` wrappers.
     appended_types: Vec<Vec<wasmparser::ValType>>,
     hook_type: u32,
-    /// Function imports the rewrite adds: the hooks, and [`abi::COUNTS`] for a report.
-    hooks: u32,
     /// The defined slot of `_start`, when its export gets a wrapper that reports the counters
     /// (see [`abi::COUNTS`]), and the type of that import.
     report: Option<(usize, u32)>,
@@ -91,7 +89,6 @@ impl<'a, 'f> Rewriter<'a, 'f> {
             wrapper_block_types,
             appended_types,
             hook_type,
-            hooks: hook_imports(report_start.is_some()),
             report,
             unwind,
             keep_debug,
@@ -118,11 +115,9 @@ impl<'a, 'f> Rewriter<'a, 'f> {
 
     /// Output index of input function `index`.
     pub(crate) fn output_function_index(&self, index: u32) -> u32 {
-        if index < self.facts.imported_funcs {
-            index
-        } else {
-            index + self.hooks
-        }
+        // The counts import, when there is one, follows the hooks.
+        let counts = self.report.is_some() && index >= self.facts.imported_funcs;
+        self.hook_id(index) + u32::from(counts)
     }
 
     /// The id the hooks get for input function `index` (before `id_base`): its output index
@@ -399,11 +394,11 @@ impl Reencode for Rewriter<'_, '_> {
         exports: &mut wasm_encoder::ExportSection,
         section: wasmparser::ExportSectionReader<'_>,
     ) -> ReencodeResult<()> {
+        let start = self
+            .report
+            .map(|(slot, _)| self.facts.imported_funcs + slot as u32);
         for export in section {
             let export = export?;
-            let start = self
-                .report
-                .map(|(slot, _)| self.facts.imported_funcs + slot as u32);
             if export.name == "_start"
                 && export.kind == wasmparser::ExternalKind::Func
                 && Some(export.index) == start
@@ -616,11 +611,6 @@ impl Rewriter<'_, '_> {
 
 /// Name of the wrapper that reports the counters as `_start` returns.
 const REPORT_WRAPPER_NAME: &str = "_start (iota: counters reported)";
-
-/// How many function imports a rewrite adds: the hooks, and the counts import if it reports.
-fn hook_imports(report: bool) -> u32 {
-    abi::HOOKS.len() as u32 + u32::from(report)
-}
 
 /// Position of a section in the binary format's required order.
 fn section_rank(id: SectionId) -> u8 {
