@@ -421,18 +421,14 @@ fn read_counters(
     // The report names the counters in the order of their exports.
     let complete = reported.len() == counters.len()
         && (reported.iter().zip(counters)).all(|((id, _), (counter, _))| id == counter);
-    if !counters.is_empty() && complete {
-        for (id, calls) in reported {
-            if calls > 0 {
-                recorder.count_calls(id, calls as u64);
+    for (k, (id, export)) in counters.iter().enumerate() {
+        let count = if complete {
+            Some(reported[k].1)
+        } else {
+            match instance.get_module_export(&mut *store, export) {
+                Some(Extern::Global(global)) => global.get(&mut *store).i64(),
+                _ => None,
             }
-        }
-        return;
-    }
-    for (id, export) in counters {
-        let count = match instance.get_module_export(&mut *store, export) {
-            Some(Extern::Global(global)) => global.get(&mut *store).i64(),
-            _ => None,
         };
         if let Some(count) = count.filter(|c| *c > 0) {
             store.data_mut().recorder.count_calls(*id, count as u64);
