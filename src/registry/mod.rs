@@ -184,6 +184,9 @@ impl LoadedModule {
             return Vec::new();
         };
         let switches = &self.counters.switches;
+        if switches.is_empty() {
+            return Vec::new();
+        }
         let audited = lock(learning).audited_next_run(switches.len());
         audited.into_iter().map(|k| switches[k]).collect()
     }
