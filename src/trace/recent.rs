@@ -29,10 +29,15 @@ impl RecentTraces {
             return;
         }
         let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
-        if traces.len() == self.capacity {
-            traces.pop_front();
-        }
+        let evicted = if traces.len() == self.capacity {
+            traces.pop_front()
+        } else {
+            None
+        };
         traces.push_back(trace);
+        drop(traces);
+        // Freed, if it was the last reference, without holding up the other runs' pushes.
+        drop(evicted);
     }
 
     /// The traces, newest first.
