@@ -11,7 +11,7 @@ pub mod sampling;
 pub mod transport;
 pub mod tree;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -137,8 +137,9 @@ pub struct TraceRecord {
     counted: Vec<u32>,
     /// Called functions' totals, by hook id.
     aggregates: Vec<(u32, Aggregate)>,
-    /// Every logged call merged by stack, for profiles.
-    stacks: profile::Stacks,
+    /// Every logged call merged by stack, for profiles: built with the trace when some calls
+    /// were left out of `calls`, else from them when first asked for.
+    stacks: OnceLock<profile::Stacks>,
     volume: Volume,
 }
 
@@ -327,22 +328,21 @@ impl TraceRecord {
     /// Rebuilds the call tree from the recorder and keeps the calls that will be spans.
     pub fn new(facts: RunFacts, recorder: &Recorder) -> Self {
         let (all_calls, mut marks) = tree::build(recorder.events(), facts.run_ns);
-        let keep = tree::select(&all_calls, facts.max_spans);
         let calls_logged = all_calls.len();
-        let stacks = profile::Stacks::from_calls(&all_calls, facts.run_ns);
         let notes = recorder.notes();
-        // Tags describe their span and leave with it; log records move to a kept caller.
-        let calls = tree::retain(all_calls, &keep, &mut marks, |note| {
-            matches!(notes.get(note as usize), Some(Note::Tags(_)))
-        });
-        let called = recorder.aggregates().iter().filter(|a| a.calls > 0).count();
-        let mut aggregates = Vec::with_capacity(called);
-        aggregates.extend(
-            (0u32..)
-                .zip(recorder.aggregates())
-                .filter(|(_, a)| a.calls > 0)
-                .map(|(id, a)| (id, *a)),
-        );
+        let (calls, stacks) = match tree::select(&all_calls, facts.max_spans) {
+            // Every call is kept: the profile is built from them if someone asks for it.
+            None => (all_calls, OnceLock::new()),
+            Some(keep) => {
+                let stacks = profile::Stacks::from_calls(&all_calls, facts.run_ns);
+                // Tags describe their span and leave with it; log records move to a kept
+                // caller.
+                let calls = tree::retain(all_calls, &keep, &mut marks, |note| {
+                    matches!(notes.get(note as usize), Some(Note::Tags(_)))
+                });
+                (calls, OnceLock::from(stacks))
+            }
+        };
         TraceRecord {
             trace_id: facts.trace_id,
             sampled: facts.sampled,
@@ -389,14 +389,15 @@ impl TraceRecord {
                 counted.sort_unstable();
                 counted
             },
-            aggregates,
+            aggregates: recorder.called(),
             stacks,
         }
     }
 
     /// Every call of the log merged by stack (see [`profile`]).
     pub fn stacks(&self) -> &profile::Stacks {
-        &self.stacks
+        self.stacks
+            .get_or_init(|| profile::Stacks::from_calls(&self.calls, self.run_ns))
     }
 
     /// Nanoseconds the run lasted, from its start to its end.

@@ -127,6 +127,9 @@ pub struct Recorder {
     /// Open frames whose exits the log has room reserved for.
     logged_open: usize,
     aggregates: Vec<Aggregate>,
+    /// A bit per aggregate, set once it has calls: a run calls few of a module's functions,
+    /// and this finds them, in order, without looking through them all.
+    called: Vec<u64>,
     ignored_calls: u64,
     budget: Arc<MemoryBudget>,
     /// Ids below this are the module's functions (the only ids its hooks may use).
@@ -175,11 +178,13 @@ impl Recorder {
         let functions = functions.min(u32::MAX as usize / 2) as u32;
         let host_functions = host_functions.min(u32::MAX as usize / 4) as u32;
         let aggregates = vec![Aggregate::default(); (functions + host_functions) as usize];
+        let called = vec![0u64; aggregates.len().div_ceil(64)];
         // The first buffers are needed whatever happens; the limit then stops all else.
         budget.charge(
             events.capacity() * size_of::<Event>()
                 + stack.capacity() * size_of::<Frame>()
-                + aggregates.len() * size_of::<Aggregate>(),
+                + aggregates.len() * size_of::<Aggregate>()
+                + called.len() * size_of::<u64>(),
         );
         Recorder {
             clock,
@@ -193,6 +198,7 @@ impl Recorder {
             stack,
             logged_open: 0,
             aggregates,
+            called,
             ignored_calls: 0,
             budget,
             functions,
@@ -299,6 +305,7 @@ impl Recorder {
         self.manual_names.push(name.to_string());
         self.manual_ids.insert(name.to_string(), index);
         self.aggregates.push(Aggregate::default());
+        self.called.resize(self.aggregates.len().div_ceil(64), 0);
         index
     }
 
@@ -346,6 +353,9 @@ impl Recorder {
             .get_mut(id as usize)
             .filter(|_| id < self.functions)
         {
+            if aggregate.calls == 0 && calls > 0 {
+                self.called[id as usize / 64] |= 1 << (id % 64);
+            }
             aggregate.calls += calls;
             self.counted.push(id);
         }
@@ -610,6 +620,9 @@ impl Recorder {
         self.logged_open -= usize::from(frame.log_index != NOT_LOGGED);
         let total = at.saturating_sub(frame.start);
         let aggregate = &mut self.aggregates[frame.id as usize];
+        if aggregate.calls == 0 {
+            self.called[frame.id as usize / 64] |= 1 << (frame.id % 64);
+        }
         aggregate.calls += 1;
         aggregate.total_ns += total;
         aggregate.self_ns += total.saturating_sub(frame.children_ns);
@@ -654,6 +667,7 @@ impl Recorder {
         self.events.capacity() * size_of::<Event>()
             + self.stack.capacity() * size_of::<Frame>()
             + self.aggregates.capacity() * size_of::<Aggregate>()
+            + self.called.capacity() * size_of::<u64>()
     }
 
     /// Ids below this are the module's functions; host functions follow, then manual spans.
@@ -699,6 +713,21 @@ impl Recorder {
     /// Per-function aggregates, indexed by function id.
     pub fn aggregates(&self) -> &[Aggregate] {
         &self.aggregates
+    }
+
+    /// The aggregates of the functions called at least once, by id.
+    pub fn called(&self) -> Vec<(u32, Aggregate)> {
+        let count = self.called.iter().map(|w| w.count_ones() as usize).sum();
+        let mut called = Vec::with_capacity(count);
+        for (word, &bits) in (0u32..).zip(&self.called) {
+            let mut bits = bits;
+            while bits != 0 {
+                let id = word * 64 + bits.trailing_zeros();
+                called.push((id, self.aggregates[id as usize]));
+                bits &= bits - 1;
+            }
+        }
+        called
     }
 }
 
@@ -792,6 +821,28 @@ mod tests {
     }
 
     #[test]
+    fn called_lists_the_functions_with_calls_by_id() {
+        let mut r = Recorder::new(130, 1000, 0);
+        r.enter(70);
+        r.enter(2);
+        r.exit(2);
+        r.enter(2);
+        r.exit(2);
+        r.count_calls(129, 7);
+        r.count_calls(3, 0);
+        r.enter(64); // still open when the run ends
+        r.finish(r.now());
+        let called: Vec<(u32, u64)> = r.called().iter().map(|(id, a)| (*id, a.calls)).collect();
+        assert_eq!(called, [(2, 2), (64, 1), (70, 1), (129, 7)]);
+        let every: Vec<(u32, u64)> = (0u32..)
+            .zip(r.aggregates())
+            .filter(|(_, a)| a.calls > 0)
+            .map(|(id, a)| (id, a.calls))
+            .collect();
+        assert_eq!(called, every);
+    }
+
+    #[test]
     fn the_log_never_holds_more_room_than_its_cap() {
         let mut r = Recorder::new(2, 1000, 0);
         r.enter(0);
@@ -803,7 +854,10 @@ mod tests {
         assert!(r.events().len() <= 1000);
         assert_eq!(
             r.memory_bytes(),
-            1000 * size_of::<Event>() + 64 * size_of::<Frame>() + 2 * size_of::<Aggregate>()
+            1000 * size_of::<Event>()
+                + 64 * size_of::<Frame>()
+                + 2 * size_of::<Aggregate>()
+                + size_of::<u64>()
         );
     }
 

@@ -125,10 +125,11 @@ pub fn build(events: &[Event], end: u64) -> (Vec<Call>, Vec<Mark>) {
 
 /// Chooses at most `max` calls to export: every unfinished call (the stack at a trap), then the
 /// longest. A caller is never shorter than its callee, so the choice keeps every kept call's
-/// ancestors and parents need no remapping. Returns a keep flag per call.
-pub fn select(calls: &[Call], max: usize) -> Vec<bool> {
+/// ancestors and parents need no remapping. Returns a keep flag per call, or `None` when
+/// every call is kept.
+pub fn select(calls: &[Call], max: usize) -> Option<Vec<bool>> {
     if calls.len() <= max {
-        return vec![true; calls.len()];
+        return None;
     }
     // Longest first; among equals, the earlier start (a caller starts no later than its callee).
     // Only the first `max` need to be found, not ordered.
@@ -156,7 +157,7 @@ pub fn select(calls: &[Call], max: usize) -> Vec<bool> {
             }
         }
     }
-    keep
+    Some(keep)
 }
 
 /// The calls `keep` flags, with parents renumbered into the result. A mark that belongs to its
@@ -294,7 +295,7 @@ mod tests {
         }
         events.push(ev(200, Enter, 2)); // open at the end: a trap
         let (calls, _) = build(&events, 300);
-        let keep = select(&calls, 4);
+        let keep = select(&calls, 4).expect("more calls than kept");
         let kept: Vec<_> = calls
             .iter()
             .zip(&keep)
