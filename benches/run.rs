@@ -8,6 +8,9 @@
 //! - `defaults, first runs`: the cost model's short functions counted, the rest timed;
 //! - `defaults, learned`: the version the server builds once runs showed which calls are short
 //!   (learned here with the server's own [`Learning`], from runs of the version above).
+//!
+//! `caches cold` runs `untraced` and `defaults, learned` again with 16 MiB written before each
+//! run, as a server's run finds the caches after other requests.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -200,11 +203,36 @@ fn whole_run(c: &mut Criterion) {
         });
     }
     group.finish();
+    // A server's run rarely finds its data in the core's caches: other requests, wrk and the
+    // kernel have been there since. Writing 16 MiB (8 times L2) before each run evicts it.
+    let mut group = c.benchmark_group("run/count_vowels, caches cold");
+    let mut traffic = vec![0u8; 16 << 20];
+    for (name, version) in versions
+        .iter()
+        .filter(|(name, _)| name.contains("untraced") || name.contains("learned"))
+    {
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter_batched(
+                || evict_caches(&mut traffic),
+                |()| executor.block_on(version.run_to_end(&runtime)),
+                criterion::BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
     assert!(
         executor.metrics().num_alive_tasks() < 10,
         "runs left {} tasks behind",
         executor.metrics().num_alive_tasks()
     );
+}
+
+/// Writes a byte in each cache line of `traffic`.
+fn evict_caches(traffic: &mut [u8]) {
+    for line in traffic.chunks_mut(64) {
+        line[0] = line[0].wrapping_add(1);
+    }
+    std::hint::black_box(traffic);
 }
 
 criterion_group!(benches, whole_run);

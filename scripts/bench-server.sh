@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The server's figures, side by side on one machine (BENCHMARKS.md reports them):
-#   p3    /run of count_vowels over HTTP with wrk, traced and untraced, three rounds alternating,
-#         with their ratios
+#   p3    /run of count_vowels over HTTP with wrk, traced and untraced, in rounds alternating
+#         (P3_ROUNDS, default 8, of P3_SECS, default 5, seconds per mode), with their ratios and
+#         the median
 #   p4    one run of fib(33), 11.4M calls: time traced and untraced, trace memory, peak RSS
 #   p5    restart with 100 stored modules: time until the server listens, against a first start
 #   soak  60 s of /run at saturation: errors, latency percentiles, RSS every 5 s
@@ -84,19 +85,35 @@ wrk_line() {
 }
 
 p3() {
-  echo "## P3: /run count_vowels, wrk -t2 -c16, 10 s per measurement, server and wrk on the same cores"
+  local rounds=${P3_ROUNDS:-8} secs=${P3_SECS:-5}
+  echo "## P3: /run count_vowels, wrk -t2 -c16, $rounds rounds of $secs s per mode, the order alternating, server and wrk on the same cores"
   start "$work/p3"
   upload traced fixtures/wasm/count_vowels.wasm ""
   upload untraced fixtures/wasm/count_vowels.wasm "&instrument=false"
+  # Warm both (the traced upload learns its short calls in its first runs).
+  wrk_line untraced 3 16 >/dev/null
+  wrk_line traced 3 16 >/dev/null
   printf '%-9s %10s %9s %9s %7s %12s\n' mode req/s p50 p99 errors 'cpu µs/req'
-  local untraced traced
-  for round in 1 2 3; do
-    untraced=$(wrk_line untraced 10 16)
+  local untraced traced ratios=()
+  for round in $(seq "$rounds"); do
+    if ((round % 2)); then
+      untraced=$(wrk_line untraced "$secs" 16)
+      traced=$(wrk_line traced "$secs" 16)
+    else
+      traced=$(wrk_line traced "$secs" 16)
+      untraced=$(wrk_line untraced "$secs" 16)
+    fi
     echo "$untraced   (round $round)"
-    traced=$(wrk_line traced 10 16)
     echo "$traced   (round $round)"
-    echo "traced/untraced: $(awk -v u="$untraced" -v t="$traced" 'BEGIN {split(u, a, " +"); split(t, b, " +"); printf "%.2f× req/s, %.2f× requests per CPU second", b[2] / a[2], a[6] / b[6]}')"
+    ratios+=("$(awk -v u="$untraced" -v t="$traced" 'BEGIN {split(u, a, " +"); split(t, b, " +"); printf "%.3f %.3f", b[2] / a[2], a[6] / b[6]}')")
+    echo "traced/untraced: $(awk '{printf "%.2f× req/s, %.2f× requests per CPU second", $1, $2}' <<<"${ratios[-1]}")"
   done
+  printf '%s\n' "${ratios[@]}" | python3 -c '
+import statistics, sys
+rows = [tuple(map(float, line.split())) for line in sys.stdin]
+for name, values in (("req/s", [r[0] for r in rows]), ("requests per CPU second", [r[1] for r in rows])):
+    print(f"traced/untraced over {len(rows)} rounds, {name}: median {statistics.median(values):.2f}×, "
+          f"{min(values):.2f}–{max(values):.2f}×, at least 0.9× in {sum(v >= 0.9 for v in values)}")'
   stop
 }
 
