@@ -114,6 +114,8 @@ rows = [tuple(map(float, line.split())) for line in sys.stdin]
 for name, values in (("req/s", [r[0] for r in rows]), ("requests per CPU second", [r[1] for r in rows])):
     print(f"traced/untraced over {len(rows)} rounds, {name}: median {statistics.median(values):.2f}×, "
           f"{min(values):.2f}–{max(values):.2f}×, at least 0.9× in {sum(v >= 0.9 for v in values)}")'
+  curl -s "$url/metrics" | awk '$1 == "iota_runs_total" {t = $2} $1 == "iota_runs_inline_total" {i = $2}
+    $1 == "iota_runs_moved_total" {m = $2} END {printf "runs: %d, started and ended on the HTTP side %d, moved to the run threads %d\n", t, i, m}'
   stop
 }
 

@@ -163,6 +163,7 @@ fn serve(config: ServeConfig) -> Result<()> {
             Duration::from_millis(config.run_queue_timeout_ms),
         ),
         executor: executor.handle().clone(),
+        inline_run: Duration::from_micros(config.inline_run_us),
         sinks: sinks.clone(),
         spans: SpanVolume {
             max_spans: config.max_spans,

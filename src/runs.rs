@@ -1,10 +1,19 @@
 //! Runs as tasks that own what they hold: a run slot, a store (and so an instance from the
 //! pool), its stdin pump and its trace. The HTTP handler only waits for the answer; if it goes
 //! away (the client hung up), the run is cancelled and still records its trace.
+//!
+//! A run of a module whose runs are short starts on the thread that took its request, and most
+//! end there: handing a 20 µs run to the run threads and its answer back costs two thread
+//! wake-ups, a large share of such a request. A run still going after the inline budget moves
+//! to the run threads at its next yield (a wait, or an epoch tick while it computes), so a
+//! computing guest holds up the HTTP side for at most the budget and one epoch tick.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -71,6 +80,10 @@ pub struct RunCounters {
     pub rejected: AtomicU64,
     /// Runs executing now.
     pub active: AtomicU64,
+    /// Runs that ran from start to end on the thread that took their request.
+    pub inline: AtomicU64,
+    /// Runs that started on the thread that took their request and moved to the run threads.
+    pub moved: AtomicU64,
     /// Spans produced.
     pub spans: AtomicU64,
 }
@@ -110,6 +123,9 @@ pub struct RunJob {
     pub request: Option<axum::http::request::Parts>,
     /// The request line the trace tells.
     pub request_line: RequestLine,
+    /// The inline budget: a run shorter than this lets the module's next runs start on the
+    /// HTTP side (see [`run`]).
+    pub inline: Duration,
 }
 
 /// Where the run's spans go in the caller's trace.
@@ -141,18 +157,83 @@ pub struct Finished {
     pub response: Option<HandlerResponse>,
 }
 
-/// Starts `job` on `executor` holding `permit`; the answer comes through the returned channel.
-/// Dropping the receiver cancels the run.
-pub fn start(
+/// Runs `job` holding `permit`, and answers; `None` if the run was lost (the executor shut
+/// down).
+///
+/// A run of a version whose recent runs took less than `inline` starts here, on the caller's
+/// thread, and moves to `executor` (the run threads) once it has been going for `inline` (see
+/// the module's doc). Every other run starts on `executor`: a version's first, and those of one
+/// whose last [`INLINE_CREDIT`] runs all took longer. If the caller is dropped (its client
+/// hung up), the run goes on on `executor`, is cancelled there and still records its trace.
+pub async fn run(
     executor: &tokio::runtime::Handle,
     runtime: Arc<Runtime>,
     sinks: Arc<TraceSinks>,
     job: RunJob,
     permit: OwnedSemaphorePermit,
-) -> oneshot::Receiver<Finished> {
+    inline: Duration,
+) -> Option<Finished> {
     let (reply, answer) = oneshot::channel();
-    executor.spawn(execute(runtime, sinks, job, permit, reply));
-    answer
+    let short = !inline.is_zero() && job.module.inline_credit.load(Ordering::Relaxed) > 0;
+    let run = Box::pin(execute(runtime, sinks.clone(), job, permit, reply));
+    if short {
+        Inline {
+            run: Some(run),
+            executor: executor.clone(),
+            sinks,
+            since: Instant::now(),
+            budget: inline,
+        }
+        .await;
+    } else {
+        executor.spawn(run);
+    }
+    answer.await.ok()
+}
+
+/// A run polled by the task that took its request, until it ends or has been going for
+/// `budget` when it yields: then it moves to `executor`. Dropped before either, it moves too.
+struct Inline {
+    run: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    executor: tokio::runtime::Handle,
+    sinks: Arc<TraceSinks>,
+    since: Instant,
+    budget: Duration,
+}
+
+impl Inline {
+    fn move_to_executor(&mut self) {
+        if let Some(run) = self.run.take() {
+            self.sinks.counters.moved.fetch_add(1, Ordering::Relaxed);
+            self.executor.spawn(run);
+        }
+    }
+}
+
+impl Future for Inline {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(run) = self.run.as_mut() else {
+            return Poll::Ready(());
+        };
+        if run.as_mut().poll(cx).is_ready() {
+            self.run = None;
+            self.sinks.counters.inline.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(());
+        }
+        if self.since.elapsed() < self.budget {
+            return Poll::Pending;
+        }
+        self.move_to_executor();
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        self.move_to_executor();
+    }
 }
 
 async fn execute(
@@ -214,6 +295,10 @@ async fn execute(
     }
     // The store and its instance are gone: the slot is free for the next run.
     drop(permit);
+    update_inline_credit(
+        &module.inline_credit,
+        Duration::from_nanos(outcome.run_ns) < job.inline,
+    );
     counters.active.fetch_sub(1, Ordering::Relaxed);
 
     let trace = Arc::new(TraceRecord::new(
@@ -288,6 +373,20 @@ async fn execute(
     });
 }
 
+/// Credit a module's runs get from one shorter than the inline budget: so many longer runs in
+/// a row (a short run that lost its core for a while looks long) before its runs start on the
+/// run threads again.
+const INLINE_CREDIT: u8 = 4;
+
+/// Counts a finished run in a module's credit for starting runs on the HTTP side.
+fn update_inline_credit(credit: &AtomicU8, short: bool) {
+    if short {
+        credit.store(INLINE_CREDIT, Ordering::Relaxed);
+    } else {
+        let _ = credit.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1));
+    }
+}
+
 /// Resolves when the run must stop early: the handler went away (its client hung up), or the
 /// body could not be read to the end.
 async fn cancelled(
@@ -323,4 +422,30 @@ async fn pump_body(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_run_earns_inline_starts_that_long_runs_use_up() {
+        let credit = AtomicU8::new(0);
+        update_inline_credit(&credit, false);
+        assert_eq!(credit.load(Ordering::Relaxed), 0, "no credit to lose");
+        update_inline_credit(&credit, true);
+        for left in (0..INLINE_CREDIT).rev() {
+            update_inline_credit(&credit, false);
+            assert_eq!(credit.load(Ordering::Relaxed), left);
+        }
+        update_inline_credit(&credit, false);
+        assert_eq!(credit.load(Ordering::Relaxed), 0);
+        update_inline_credit(&credit, false);
+        update_inline_credit(&credit, true);
+        assert_eq!(
+            credit.load(Ordering::Relaxed),
+            INLINE_CREDIT,
+            "one short run is enough"
+        );
+    }
 }

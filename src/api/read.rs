@@ -155,6 +155,16 @@ pub(super) async fn metrics(
             "Runs refused with 503: no run slot freed up in time.",
             &runs.rejected,
         ),
+        (
+            "iota_runs_inline_total",
+            "Runs that started and ended on the thread that took their request.",
+            &runs.inline,
+        ),
+        (
+            "iota_runs_moved_total",
+            "Runs that started on the thread that took their request and moved to the run threads.",
+            &runs.moved,
+        ),
         ("iota_uploads_total", "Modules stored.", &uploads.stored),
         (
             "iota_uploads_rejected_total",

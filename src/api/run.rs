@@ -113,15 +113,18 @@ pub(super) async fn start_run(
         learner: Some(state.learner.clone()),
         request,
         request_line,
+        inline: state.inline_run,
     };
-    let answer = runs::start(
+    let finished = runs::run(
         &state.executor,
         state.runtime.clone(),
         state.sinks.clone(),
         job,
         permit,
-    );
-    let finished = answer.await.map_err(ApiError::internal)?;
+        state.inline_run,
+    )
+    .await
+    .ok_or_else(|| ApiError::internal("the run was lost: the server is stopping"))?;
     Ok(respond(finished, &trace, state.max_run_body))
 }
 

@@ -16,7 +16,7 @@ mod sync;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -160,6 +160,9 @@ pub struct LoadedModule {
     pub counters: Counters,
     /// A run of it has started in this process (the next is no cold start).
     pub warm: AtomicBool,
+    /// Its runs start on the HTTP side while this is above 0: set by a short run, less one for
+    /// each long one (see [`crate::runs::run`]).
+    pub inline_credit: AtomicU8,
     /// What its runs showed, while it is learning which calls are short.
     pub learning: Option<Mutex<Learning>>,
 }
@@ -878,6 +881,7 @@ impl Registry {
                 host_spans,
                 counters,
                 warm: AtomicBool::new(false),
+                inline_credit: AtomicU8::new(0),
             },
             names_file,
             functions_file,

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -216,6 +216,7 @@ impl Registry {
             host_spans,
             counters,
             warm: AtomicBool::new(false),
+            inline_credit: AtomicU8::new(0),
         })
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, Spans, data_dir, error_of, fixture, signal, trace_id_of};
+use crate::harness::{Server, Spans, data_dir, error_of, fixture, signal, trace_id_of, wait_until};
 
 /// `_start` calls `$nap`, which sleeps 60 s in `poll_oneoff` (a relative monotonic-clock
 /// subscription).
@@ -35,8 +35,34 @@ const READS_THEN_PRINTS_OLD: &str = r#"(module
     (i32.store (i32.const 4) (i32.const 4))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
 
+/// Reads a byte of stdin: `s` makes it compute until stopped; anything else ends the run.
+const SPINS_ON_S: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $spin (loop $forever (br $forever)))
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 1))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (if (i32.eq (i32.load8_u (i32.const 64)) (i32.const 115)) (then (call $spin)))))"#;
+
 fn wasm(wat: &str) -> Vec<u8> {
     wat::parse_str(wat).unwrap()
+}
+
+/// Runs `name` with `stdin` (a short run) until two runs have started and ended on the HTTP
+/// side: its runs start there from then on.
+fn start_runs_inline(server: &Server, name: &str, stdin: &str) {
+    let before = server.metric("iota_runs_inline_total");
+    wait_until("two runs inline", || {
+        assert_eq!(server.run(&format!("name={name}"), stdin).status(), 200);
+        server.metric("iota_runs_inline_total") >= before + 2
+    });
+}
+
+/// Runs that started on the HTTP side: those that ended there and those that moved.
+fn started_inline(server: &Server) -> u64 {
+    server.metric("iota_runs_inline_total") + server.metric("iota_runs_moved_total")
 }
 
 #[test]
@@ -66,11 +92,94 @@ fn a_sleeping_guest_ends_at_its_deadline_with_its_partial_trace() {
 fn a_guest_blocked_on_its_stdin_ends_at_its_deadline() {
     let server = Server::start(&data_dir("stdin-block"), &["--run-timeout-ms", "1000"], &[]);
     server.upload_ok("reader", &wasm(READS_THEN_PRINTS_OLD));
-    // Five of ten bytes sent: the guest waits for the rest, which never comes.
-    let request = server.post_partial("/run?name=reader", 10, b"12345");
-    let (status, body) = request.response();
-    assert_eq!(status, 504, "{body}");
-    assert!(body.contains("guest timed out"), "{body}");
+    // A version's first run starts on the run threads; later ones, on the HTTP side.
+    for inline in [false, true] {
+        if inline {
+            start_runs_inline(&server, "reader", "");
+        }
+        let started = started_inline(&server);
+        // Five of ten bytes sent: the guest waits for the rest, which never comes.
+        let request = server.post_partial("/run?name=reader", 10, b"12345");
+        let (status, body) = request.response();
+        assert_eq!(status, 504, "{body}");
+        assert!(body.contains("guest timed out"), "{body}");
+        assert_eq!(started_inline(&server) - started, u64::from(inline));
+    }
+}
+
+#[test]
+fn short_runs_start_on_the_http_side_and_a_computing_one_moves_off_it() {
+    let server = Server::start(&data_dir("inline"), &["--run-timeout-ms", "60000"], &[]);
+    server.upload_ok("spinner", &wasm(SPINS_ON_S));
+    start_runs_inline(&server, "spinner", "x");
+    let moved = server.metric("iota_runs_moved_total");
+    let spinner = server.post_partial("/run?name=spinner", 1, b"s");
+    // It starts where the short runs did, and moves to the run threads once it has computed
+    // past the inline budget.
+    server.wait_for_metric("iota_runs_moved_total", moved + 1);
+    assert_eq!(server.metric("iota_runs_active"), 1, "still computing");
+    let response = server.run("name=spinner", "x");
+    assert_eq!(response.status(), 200, "served beside the computing run");
+    assert_eq!(server.metric("iota_runs_active"), 1);
+    drop(spinner);
+    server.wait_for_metric("iota_runs_active", 0);
+    let traces = server.get("/traces").json::<serde_json::Value>().unwrap();
+    let cancelled: Vec<_> = traces["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["error"] == "cancelled: client disconnected")
+        .collect();
+    assert_eq!(cancelled.len(), 1, "the moved run keeps its trace");
+    let spans = Spans::of(&server.trace(cancelled[0]["trace_id"].as_str().unwrap()));
+    assert_eq!(
+        spans.named("spin")[0]["attributes"]["iota.call.unfinished"],
+        true
+    );
+}
+
+#[test]
+fn a_client_gone_while_its_run_waits_on_the_http_side_cancels_it_with_its_trace() {
+    let server = Server::start(
+        &data_dir("inline-gone"),
+        &["--run-timeout-ms", "60000"],
+        &[],
+    );
+    server.upload_ok("reader", &wasm(READS_THEN_PRINTS_OLD));
+    start_runs_inline(&server, "reader", "");
+    let started = started_inline(&server);
+    let waiting = server.post_partial("/run?name=reader", 10, b"12345");
+    server.wait_for_metric("iota_runs_active", 1);
+    drop(waiting);
+    server.wait_for_metric("iota_runs_cancelled_total", 1);
+    server.wait_for_metric("iota_runs_active", 0);
+    // Counted once it moved to the run threads, when its handler went away.
+    assert_eq!(
+        started_inline(&server),
+        started + 1,
+        "started on the HTTP side"
+    );
+    let traces = server.get("/traces").json::<serde_json::Value>().unwrap();
+    let errors: Vec<_> = traces["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["error"].as_str())
+        .collect();
+    assert_eq!(errors, ["cancelled: client disconnected"]);
+}
+
+#[test]
+fn with_no_inline_budget_every_run_starts_on_the_run_threads() {
+    let server = Server::start(&data_dir("no-inline"), &["--inline-run-us", "0"], &[]);
+    server.upload_ok("count_vowels", &fixture("count_vowels.wasm"));
+    for _ in 0..5 {
+        assert_eq!(
+            server.run("name=count_vowels", "aeiou").text().unwrap(),
+            "5\n"
+        );
+    }
+    assert_eq!(started_inline(&server), 0);
 }
 
 #[test]
