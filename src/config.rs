@@ -129,7 +129,8 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_COMPILE_TIMEOUT_MS", default_value_t = 300_000)]
     pub compile_timeout_ms: u64,
 
-    /// Address space of a compile worker, in MiB (0: no limit).
+    /// Address space a compile worker may take beyond what it holds as it starts, in MiB
+    /// (0: no limit).
     #[arg(long, env = "IOTA_COMPILE_MEMORY_LIMIT_MB", default_value_t = 8192)]
     pub compile_memory_limit_mb: u64,
 

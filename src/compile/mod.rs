@@ -259,7 +259,11 @@ impl Compiler {
             }
             _ => {
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                if stderr.contains("memory allocation of") {
+                // Under its address-space cap, a worker runs out of room either allocating or
+                // starting its compile threads (whose stacks no longer fit).
+                if stderr.contains("memory allocation of")
+                    || stderr.contains("ThreadPoolBuildError")
+                {
                     Err(CompileError::OutOfMemory(self.settings.memory_limit_mb))
                 } else {
                     Err(CompileError::Worker(format!(

@@ -102,15 +102,20 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
     Ok(())
 }
 
-/// Lowers this process's priority and caps its address space. Best effort: where the system
-/// refuses, the worker still runs (it is still bounded in time and killed on abandon).
+/// Lowers this process's priority and caps the address space it may add to what it holds
+/// now. Best effort: where the system refuses, the worker still runs (it is still bounded in
+/// time and killed on abandon).
 fn confine(memory_limit_mb: u64) {
     use rustix::process::{Resource, Rlimit, setpriority_process, setrlimit};
     if let Err(err) = setpriority_process(None, NICE) {
         eprintln!("warning: cannot lower the compile worker's priority: {err}");
     }
     if memory_limit_mb > 0 {
-        let bytes = memory_limit_mb.saturating_mul(1 << 20);
+        // The allocator has reserved address space for its heaps before `main`, none of it
+        // used yet: the limit counts from there.
+        let bytes = memory_limit_mb
+            .saturating_mul(1 << 20)
+            .saturating_add(address_space().unwrap_or(0));
         let limit = Rlimit {
             current: Some(bytes),
             maximum: Some(bytes),
@@ -119,6 +124,20 @@ fn confine(memory_limit_mb: u64) {
             eprintln!("warning: cannot limit the compile worker's memory: {err}");
         }
     }
+}
+
+/// This process's address space in bytes (`VmSize`), where `/proc` tells it.
+fn address_space() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmSize:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 fn compile(args: &WorkerArgs, wasm: &[u8]) -> Result<WorkerReport> {

@@ -647,3 +647,31 @@ fn the_memory_limit_covers_all_memories_and_host_buffers() {
         .unwrap();
     assert!(held <= 8 << 20 && held > 7 << 20, "{held}");
 }
+
+#[test]
+fn the_compile_memory_limit_counts_from_the_workers_start() {
+    // The allocator reserves address space for its heaps as a process starts (1 GiB), none of
+    // it used: a smaller limit still leaves the compile its room.
+    let server = Server::start(
+        &data_dir("compile-memory"),
+        &["--compile-memory-limit-mb", "256"],
+        &[],
+    );
+    server.upload_ok("count_vowels", &fixture("count_vowels.wasm"));
+    assert_eq!(
+        server.run("name=count_vowels", "aeiou").text().unwrap(),
+        "5\n"
+    );
+    // One the compile cannot fit in is an upload refused for it.
+    let tight = Server::start(
+        &data_dir("compile-memory-tight"),
+        &["--compile-memory-limit-mb", "1"],
+        &[],
+    );
+    let (status, error) = error_of(tight.upload("count_vowels", &fixture("count_vowels.wasm"), ""));
+    assert_eq!(status, 422, "{error}");
+    assert_eq!(
+        error,
+        "instrumenting and compiling the module needed more than the limit of 1 MiB of memory"
+    );
+}
