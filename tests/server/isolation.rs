@@ -60,6 +60,18 @@ fn start_runs_inline(server: &Server, name: &str, stdin: &str) {
     });
 }
 
+/// The recent traces whose run ended with `error`.
+fn traces_ending_with(server: &Server, error: &str) -> Vec<serde_json::Value> {
+    let traces = server.get("/traces").json::<serde_json::Value>().unwrap();
+    traces["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["error"] == error)
+        .cloned()
+        .collect()
+}
+
 /// Runs that started on the HTTP side: those that ended there and those that moved.
 fn started_inline(server: &Server) -> u64 {
     server.metric("iota_runs_inline_total") + server.metric("iota_runs_moved_total")
@@ -123,13 +135,7 @@ fn short_runs_start_on_the_http_side_and_a_computing_one_moves_off_it() {
     assert_eq!(server.metric("iota_runs_active"), 1);
     drop(spinner);
     server.wait_for_metric("iota_runs_active", 0);
-    let traces = server.get("/traces").json::<serde_json::Value>().unwrap();
-    let cancelled: Vec<_> = traces["traces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["error"] == "cancelled: client disconnected")
-        .collect();
+    let cancelled = traces_ending_with(&server, "cancelled: client disconnected");
     assert_eq!(cancelled.len(), 1, "the moved run keeps its trace");
     let spans = Spans::of(&server.trace(cancelled[0]["trace_id"].as_str().unwrap()));
     assert_eq!(
@@ -238,13 +244,7 @@ fn disconnected_clients_cancel_their_runs_and_free_their_slots() {
     server.wait_for_metric("iota_runs_active", 0);
     let cancelled_runs = server.metric("iota_runs_cancelled_total");
     assert!((2..=40).contains(&cancelled_runs), "{cancelled_runs}");
-    let traces = server.get("/traces").json::<serde_json::Value>().unwrap();
-    let cancelled: Vec<_> = traces["traces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["error"] == "cancelled: client disconnected")
-        .collect();
+    let cancelled = traces_ending_with(&server, "cancelled: client disconnected");
     assert_eq!(
         cancelled.len() as u64,
         cancelled_runs,
