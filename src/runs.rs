@@ -160,9 +160,9 @@ pub struct Finished {
 /// Runs `job` holding `permit`, and answers; `None` if the run was lost (the executor shut
 /// down).
 ///
-/// A run of a version whose recent runs took less than `inline` starts here, on the caller's
-/// thread, and moves to `executor` (the run threads) once it has been going for `inline` (see
-/// the module's doc). Every other run starts on `executor`: a version's first, and those of one
+/// A run of a version whose recent runs took less than the job's inline budget starts here, on
+/// the caller's thread, and moves to `executor` (the run threads) once it has been going for
+/// that long (see the module's doc). Every other run starts on `executor`: a version's first, and those of one
 /// whose last [`INLINE_CREDIT`] runs all took longer. If the caller is dropped (its client
 /// hung up), the run goes on on `executor`, is cancelled there and still records its trace.
 pub async fn run(
@@ -171,10 +171,11 @@ pub async fn run(
     sinks: Arc<TraceSinks>,
     job: RunJob,
     permit: OwnedSemaphorePermit,
-    inline: Duration,
 ) -> Option<Finished> {
     let (reply, answer) = oneshot::channel();
-    let short = !inline.is_zero() && job.module.inline_credit.load(Ordering::Relaxed) > 0;
+    // With no budget no run is short, and the credit stays at 0.
+    let short = job.module.inline_credit.load(Ordering::Relaxed) > 0;
+    let budget = job.inline;
     let run = Box::pin(execute(runtime, sinks.clone(), job, permit, reply));
     if short {
         Inline {
@@ -182,7 +183,7 @@ pub async fn run(
             executor: executor.clone(),
             sinks,
             since: Instant::now(),
-            budget: inline,
+            budget,
         }
         .await;
     } else {

@@ -121,7 +121,6 @@ pub(super) async fn start_run(
         state.sinks.clone(),
         job,
         permit,
-        state.inline_run,
     )
     .await
     .ok_or_else(|| ApiError::internal("the run was lost: the server is stopping"))?;
