@@ -303,7 +303,7 @@ impl Runtime {
         host_functions: usize,
         budget: &Arc<MemoryBudget>,
     ) -> Recorder {
-        Recorder::with_budget(
+        let mut recorder = Recorder::with_budget(
             invocation.functions,
             host_functions,
             if invocation.record_calls {
@@ -313,7 +313,9 @@ impl Runtime {
             },
             invocation.min_span_ns,
             budget.clone(),
-        )
+        );
+        recorder.expect_reports(invocation.counters.len());
+        recorder
     }
 
     /// A fresh store for one run holding `state`: its memory and tables within the budget of

@@ -148,6 +148,8 @@ pub struct Recorder {
     /// Counters the module reported as `_start` returned (see [`iota_instrument::COUNTS`]):
     /// hook id and calls, at most one a function.
     reported: Vec<(u32, i64)>,
+    /// The most pairs `reported` takes (the module's counters).
+    expected_reports: usize,
 }
 
 impl Recorder {
@@ -211,6 +213,7 @@ impl Recorder {
             unbalanced_span_exits: 0,
             counted: Vec::new(),
             reported: Vec::new(),
+            expected_reports: 0,
         }
     }
 
@@ -361,19 +364,38 @@ impl Recorder {
         }
     }
 
+    /// Makes room for `counters` pairs of [`report_counts`](Self::report_counts), the most the
+    /// module has, charged to the budget once it reports.
+    pub fn expect_reports(&mut self, counters: usize) {
+        self.expected_reports = counters.min(self.functions as usize);
+    }
+
     /// Keeps the counters the module reports (pairs of hook id and calls; a negative id pads),
-    /// for [`take_reported`](Self::take_reported). A module has no more counters than
-    /// functions: pairs past that many are dropped.
+    /// for [`take_reported`](Self::take_reported), up to the number expected: pairs past it are
+    /// dropped. Where the budget has no room for them, none is kept; the run then reads the
+    /// counters from the module's globals, so the counts stay exact.
     pub fn report_counts(&mut self, pairs: &[(i32, i64)]) {
-        let room = (self.functions as usize).saturating_sub(self.reported.len());
+        if self.reported.capacity() == 0 {
+            let bytes = self.expected_reports * size_of::<(u32, i64)>();
+            if bytes == 0 || !self.budget.try_charge(bytes) {
+                return;
+            }
+            self.reported.reserve_exact(self.expected_reports);
+        }
+        let room = self.expected_reports - self.reported.len();
         let pairs = pairs.iter().filter(|(id, _)| *id >= 0);
         self.reported
             .extend(pairs.take(room).map(|&(id, calls)| (id as u32, calls)));
     }
 
-    /// The counters the module reported, in the order it did.
+    /// The counters the module reported, in the order it did; their room is released.
     pub fn take_reported(&mut self) -> Vec<(u32, i64)> {
-        std::mem::take(&mut self.reported)
+        let reported = std::mem::take(&mut self.reported);
+        if reported.capacity() > 0 {
+            self.budget
+                .release(self.expected_reports * size_of::<(u32, i64)>());
+        }
+        reported
     }
 
     /// Makes room for `functions` more [`count_calls`](Self::count_calls).
@@ -737,6 +759,38 @@ mod tests {
 
     fn ids(r: &Recorder) -> Vec<(EventKind, u32)> {
         r.events().iter().map(|e| (e.kind, e.id)).collect()
+    }
+
+    #[test]
+    fn reported_counters_are_charged_to_the_budget_or_left_to_the_globals() {
+        let pair = size_of::<(u32, i64)>();
+        let budget = Arc::new(MemoryBudget::new(usize::MAX));
+        let mut r = Recorder::with_budget(8, 0, 16, 0, budget.clone());
+        r.expect_reports(3);
+        let held = budget.used();
+        r.report_counts(&[(5, 2), (-1, 0), (6, 9)]);
+        assert_eq!(
+            budget.used(),
+            held + 3 * pair,
+            "room for the three, charged once"
+        );
+        r.report_counts(&[(7, 1), (1, 4)]);
+        assert_eq!(budget.used(), held + 3 * pair);
+        assert_eq!(
+            r.take_reported(),
+            [(5, 2), (6, 9), (7, 1)],
+            "pairs past the module's counters are dropped"
+        );
+        assert_eq!(budget.used(), held, "released when taken");
+
+        // No room left in the budget: nothing is kept (the run reads the globals instead).
+        let full = Arc::new(MemoryBudget::new(0));
+        let mut r = Recorder::with_budget(8, 0, 16, 0, full.clone());
+        r.expect_reports(3);
+        let held = full.used();
+        r.report_counts(&[(5, 2)]);
+        assert!(r.take_reported().is_empty());
+        assert_eq!(full.used(), held);
     }
 
     #[test]
