@@ -145,6 +145,22 @@ fn short_runs_start_on_the_http_side_and_a_computing_one_moves_off_it() {
 }
 
 #[test]
+fn a_computing_run_that_moved_off_the_http_side_ends_at_its_deadline() {
+    let server = Server::start(
+        &data_dir("inline-deadline"),
+        &["--run-timeout-ms", "1000"],
+        &[],
+    );
+    server.upload_ok("spinner", &wasm(SPINS_ON_S));
+    start_runs_inline(&server, "spinner", "x");
+    let moved = server.metric("iota_runs_moved_total");
+    // Its deadline was set on the HTTP side, and fires on the run threads.
+    let (status, error) = error_of(server.run("name=spinner", "s"));
+    assert_eq!((status, error.as_str()), (504, "guest timed out"));
+    assert_eq!(server.metric("iota_runs_moved_total"), moved + 1);
+}
+
+#[test]
 fn a_client_gone_while_its_run_waits_on_the_http_side_cancels_it_with_its_trace() {
     let server = Server::start(
         &data_dir("inline-gone"),
