@@ -105,10 +105,10 @@ pub struct ServeConfig {
     #[arg(long, env = "IOTA_RUN_QUEUE_TIMEOUT_MS", default_value_t = 1000)]
     pub run_queue_timeout_ms: u64,
 
-    /// Runs of a module whose last run took less than this (microseconds) start on the thread
-    /// that took their request, without a hand-over to the run threads and back; one still
-    /// going after it moves to the run threads at its next yield. 0: every run starts on the
-    /// run threads.
+    /// Runs of a module whose recent runs took less than this (microseconds) start on the
+    /// thread that took their request, without a hand-over to the run threads and back; one
+    /// still going after it moves to the run threads at its next yield. After four longer runs
+    /// in a row, the module's runs start on the run threads again. 0: every run starts there.
     #[arg(long, env = "IOTA_INLINE_RUN_US", default_value_t = 1000)]
     pub inline_run_us: u64,
 

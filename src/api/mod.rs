@@ -37,7 +37,8 @@ pub struct AppState {
     pub runs: RunSlots,
     /// Where runs execute: threads of their own, apart from the ones serving HTTP.
     pub executor: tokio::runtime::Handle,
-    /// Runs of a module whose last run took less start on the HTTP side (see [`crate::runs`]).
+    /// The inline budget: runs of a module whose recent runs took less start on the HTTP side
+    /// (see [`crate::runs`]).
     pub inline_run: std::time::Duration,
     /// Where finished runs' traces go.
     pub sinks: Arc<TraceSinks>,
