@@ -357,7 +357,7 @@ impl Recorder {
             .filter(|_| id < self.functions)
         {
             if aggregate.calls == 0 && calls > 0 {
-                self.called[id as usize / 64] |= 1 << (id % 64);
+                mark_called(&mut self.called, id);
             }
             aggregate.calls += calls;
             self.counted.push(id);
@@ -643,7 +643,7 @@ impl Recorder {
         let total = at.saturating_sub(frame.start);
         let aggregate = &mut self.aggregates[frame.id as usize];
         if aggregate.calls == 0 {
-            self.called[frame.id as usize / 64] |= 1 << (frame.id % 64);
+            mark_called(&mut self.called, frame.id);
         }
         aggregate.calls += 1;
         aggregate.total_ns += total;
@@ -751,6 +751,11 @@ impl Recorder {
         }
         called
     }
+}
+
+/// Sets `id`'s bit in the bitset of called aggregates.
+fn mark_called(called: &mut [u64], id: u32) {
+    called[id as usize / 64] |= 1 << (id % 64);
 }
 
 #[cfg(test)]
